@@ -1,0 +1,28 @@
+"""One case per thesis experiment: ids vgg-<activation> and resnet20-<activation>.
+
+`pytest benchmark -k "resnet20 and swish" --tier smoke` runs ResNet20 swish and kaf_swish.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kafrob import atomic
+from kafrob.bench import compare, run_case, runs_dir
+from kafrob.checkpoints import CheckpointError
+from kafrob.experiments import EXPERIMENTS
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e.id for e in EXPERIMENTS])
+def test_thesis_row(experiment, tier, cifar):
+    if tier.source == "thesis-checkpoint" and experiment.model != "resnet20":
+        pytest.skip("the thesis released ResNet20 checkpoints only")
+    try:
+        m = run_case(experiment, tier, cifar)
+    except CheckpointError as exc:
+        pytest.skip(f"released checkpoint not available here: {exc}")
+    atomic.write_json(runs_dir() / "measurements" / tier.name / f"{experiment.id}.json", m.to_dict())
+    print(f"\n{experiment.id}: clean {m.clean_accuracy:.2f}% (n={m.n_clean}), "
+          f"PGD {m.robust_accuracy:.2f}% (n={m.n_robust}), {m.seconds:.0f}s")
+    failures = compare(m, experiment, tier)
+    assert not failures, "\n".join(failures)

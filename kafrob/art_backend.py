@@ -1,0 +1,53 @@
+"""The same attacks through the adversarial-robustness-toolbox, the library the thesis evaluated with."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kafrob.data import IMAGE_SHAPE, NUM_CLASSES
+from kafrob.pgd import PGDConfig, predict
+
+ART_ATTACKS = ("pgd", "apgd")
+
+
+def art_classifier(model: keras.Model):
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(
+        model=model, nb_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE, clip_values=(0.0, 1.0),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+def art_attack(model: keras.Model, x: np.ndarray, y: np.ndarray, config: PGDConfig, seed: int,
+               kind: str = "pgd") -> np.ndarray:
+    """ART's PGD (or Auto-PGD) with our settings; label_mode 'predicted' calls generate() without labels."""
+    if kind not in ART_ATTACKS:
+        raise ValueError(f"unknown ART attack {kind!r}; known: {', '.join(ART_ATTACKS)}")
+    from art.attacks.evasion import AutoProjectedGradientDescent, ProjectedGradientDescent
+
+    classifier = art_classifier(model)
+    common = dict(norm=np.inf, eps=config.eps, eps_step=config.step, max_iter=config.iterations,
+                  batch_size=len(x), verbose=False)
+    if kind == "pgd":
+        attack = ProjectedGradientDescent(classifier, num_random_init=config.restarts if config.random_start else 0,
+                                          **common)
+    else:
+        attack = AutoProjectedGradientDescent(classifier, nb_random_init=config.restarts, **common)
+    np.random.seed(seed % 2**32)  # ART draws its random starts from NumPy's global generator
+    tf.random.set_seed(seed)
+    labels = None if config.label_mode == "predicted" else np.asarray(y, np.int64)
+    return attack.generate(x=np.asarray(x, np.float32), y=labels).astype(np.float32)
+
+
+def art_pgd(model, x, y, config: PGDConfig, seed: int) -> np.ndarray:
+    return art_attack(model, x, y, config, seed, "pgd")
+
+
+def art_apgd(model, x, y, config: PGDConfig, seed: int) -> np.ndarray:
+    return art_attack(model, x, y, config, seed, "apgd")
+
+
+def art_fooled(model, x_adv, y_attack) -> np.ndarray:
+    return predict(model, tf.constant(x_adv)).numpy() != np.asarray(y_attack)

@@ -1,0 +1,174 @@
+"""Running one benchmark case, comparing it with its reference, and regenerating the reference tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from kafrob import atomic
+from kafrob.data import Cifar10
+from kafrob.evaluate import evaluate, our_pgd, our_pgd_eager_graph
+from kafrob.experiments import EXPERIMENTS, Experiment, Tier
+from kafrob.train import build_for, train
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference_results"
+METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_robustness"))
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("KAFROB_RUNS_DIR", "runs"))
+
+
+def environment() -> dict:
+    gpus = tf.config.list_physical_devices("GPU")
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "device": f"{len(gpus)} GPU" if gpus else "CPU", "cpus": os.cpu_count()}
+
+
+def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True) -> keras.Model:
+    """Train (or reuse the cached training of the same config), or load the released thesis model."""
+    if tier.source == "thesis-checkpoint":
+        if e.model != "resnet20":
+            raise ValueError(f"the thesis released ResNet20 checkpoints only, not {e.id}")
+        from kafrob.checkpoints import load_thesis_model
+
+        return load_thesis_model(e.activation)
+    config = tier.train_config(e, seed)
+    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}"
+    weights = run_dir / "final.weights.h5"
+    if weights.exists():
+        model = build_for(config, "float32")
+        model.load_weights(weights)
+        return model
+    result = train(config, data, run_dir, resume=(run_dir / "checkpoint.npz").exists(), progress=progress)
+    tmp = run_dir / "final.tmp.weights.h5"
+    result.model.save_weights(tmp)
+    os.replace(tmp, weights)
+    return result.model
+
+
+@dataclass
+class Measurement:
+    case: str
+    tier: str
+    clean_accuracy: float  # percent
+    robust_accuracy: float
+    clean_interval: tuple[float, float]
+    robust_interval: tuple[float, float]
+    n_clean: int
+    n_robust: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__, clean_interval=list(self.clean_interval), robust_interval=list(self.robust_interval))
+
+
+def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True) -> Measurement:
+    import time
+
+    start = time.time()
+    model = obtain_model(e, tier, data, seed=seed, progress=progress)
+    result = evaluate(model, data, n=tier.test_images, clean_n=tier.clean_images, attack=tier.attack, seed=seed,
+                      run_attack=our_pgd if tier.jit_compile else our_pgd_eager_graph, progress=progress)
+    result.save(runs_dir() / "results" / tier.name / e.id)
+    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
+    return Measurement(e.id, tier.name, 100 * result.clean_accuracy, 100 * result.robust_accuracy,
+                       pct(result.clean_interval), pct(result.robust_interval), len(result.clean_indices),
+                       result.n, time.time() - start)
+
+
+def reference_file(tier: Tier) -> Path:
+    return REFERENCE_DIR / f"{tier.name}.json"
+
+
+def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
+    """The two numbers a case is held to: the thesis table, or this suite's stored measurement."""
+    if tier.reference == "thesis":
+        return {m: getattr(e, t) for m, t in METRICS}
+    path = reference_file(tier)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; create it with `nox -s regenerate -- --tier {tier.name}`")
+    rows = json.loads(path.read_text())["results"]
+    if e.id not in rows:
+        raise KeyError(f"{path} has no row {e.id}; regenerate the {tier.name} references")
+    return {m: rows[e.id][m] for m, _ in METRICS}
+
+
+def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
+    """Failures as readable lines; thesis references also allow the measurement's 95% sampling half-width."""
+    failures = []
+    for metric, expected in expected_values(e, tier).items():
+        measured = getattr(m, metric)
+        lo, hi = getattr(m, metric.replace("accuracy", "interval"))
+        allowed = tier.tolerance + ((hi - lo) / 2 if tier.reference == "thesis" else 0.0)
+        if abs(measured - expected) > allowed:
+            failures.append(f"{e.id} {metric}: measured {measured:.2f}% (95% CI {lo:.2f}-{hi:.2f}), expected "
+                            f"{expected:.2f}% ({tier.reference}), delta {measured - expected:+.2f}, allowed "
+                            f"+-{allowed:.2f} ({tier.name} tolerance {tier.tolerance})")
+    return failures
+
+
+def results_table(measurements: list[Measurement], fmt: str = "github") -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for m in measurements:
+        e = next(x for x in EXPERIMENTS if x.id == m.case)
+        rows.append((e.model, e.activation, f"{m.clean_accuracy:.2f}", f"{m.robust_accuracy:.2f}",
+                     f"{e.thesis_accuracy:.2f}", f"{e.thesis_robustness:.2f}",
+                     f"{m.clean_accuracy - e.thesis_accuracy:+.2f}", f"{m.robust_accuracy - e.thesis_robustness:+.2f}"))
+    headers = ("model", "activation", "accuracy %", "robustness %", "thesis acc %", "thesis rob %",
+               "delta acc", "delta rob")
+    return tabulate(rows, headers=headers, tablefmt=fmt)
+
+
+def scatter_png(measurements: list[Measurement], title: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, model in zip(axes, ("vgg", "resnet20")):
+        for m in measurements:
+            e = next(x for x in EXPERIMENTS if x.id == m.case)
+            if e.model != model:
+                continue
+            kaf = e.activation.startswith("kaf")
+            ax.scatter(m.clean_accuracy, m.robust_accuracy, marker="*" if kaf else "o", s=80 if kaf else 40,
+                       color="tab:red" if kaf else "tab:blue")
+            ax.annotate(e.activation, (m.clean_accuracy, m.robust_accuracy), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_title(f"{model}: o fixed activations, * KAFs")
+        ax.set_xlabel("clean accuracy %")
+        ax.set_ylabel("PGD accuracy %")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_references(measurements: list[Measurement], tier: Tier) -> list[Path]:
+    """All reference files of a tier, each written atomically, only once every case has succeeded."""
+    stem = REFERENCE_DIR / tier.name
+    payload = {"tier": tier.name, "environment": environment(),
+               "attack": tier.attack.__dict__, "tolerance_points": tier.tolerance,
+               "results": {m.case: m.to_dict() for m in measurements}}
+    csv = results_table(measurements, "tsv").replace("\t", ",")
+    title = f"kafrob {tier.name} tier ({payload['environment']['device']})"
+    png = scatter_png(measurements, title)
+    return [atomic.write_json(stem.with_suffix(".json"), payload),
+            atomic.write_text(stem.with_suffix(".md"), f"# {title}\n\n{results_table(measurements)}\n"),
+            atomic.write_text(stem.with_suffix(".csv"), csv + "\n"),
+            atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))]

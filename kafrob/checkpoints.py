@@ -1,0 +1,247 @@
+"""The thesis's released ResNet20 models: fetch, verify, safely extract, and import into kafrob's ResNet20.
+
+The zips are TF 2.3 SavedModels that Keras 3 cannot load. We read their variables with
+``tf.train.load_checkpoint`` and copy them, in the thesis's layer order (``layer_with_weights-N``),
+into ``kafrob.models.resnet20``: the result is an ordinary Keras 3 model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kafrob.activations import set_thesis_float16
+from kafrob.kaf import KAF
+from kafrob.models import resnet20
+from kafrob.models.resnet20 import layer_names
+
+ENV_VAR = "KAFROB_CHECKPOINT_DIR"
+CACHE_ENV_VAR = "KAFROB_CACHE_DIR"
+REPOSITORY = "arbiter1elegantiae/Robustness-of-deep-neural-networks-with-trainable-activation-functions"
+BASE_URL = f"https://github.com/{REPOSITORY}/raw/HEAD/resnet20_models/"
+MAX_ARCHIVE_BYTES = 64 * 2**20  # the real ones are ~1.3 MB
+MAX_EXTRACTED_BYTES = 256 * 2**20
+MAX_ENTRIES = 256
+
+
+class CheckpointError(RuntimeError):
+    """A thesis checkpoint is missing, unsafe or corrupt; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ThesisCheckpoint:
+    activation: str
+    filename: str
+    sha256: str | None  # None: not pinned here (no copy was available to hash); verified on first use
+
+    @property
+    def url(self) -> str:
+        return BASE_URL + self.filename
+
+
+THESIS_CHECKPOINTS: dict[str, ThesisCheckpoint] = {c.activation: c for c in (
+    ThesisCheckpoint("relu", "resnet20_relu_ocrob_lrf.zip",
+                     "d88bc7a17e24b307bc9bc5b3ccda08587f08e887ac1247e605d757103b8de259"),
+    ThesisCheckpoint("elu", "resnet20_elu_ocrob_lrf.zip", None),
+    ThesisCheckpoint("swish", "resnet20_swish_ocrob_lrf.zip",
+                     "bfa06287f9641a1dbd56488eb687cfa833d6f5eb1edea5584631937cecf7240e"),
+    ThesisCheckpoint("kaf", "resnet20_kaf_ocrob_lrfinder.zip",
+                     "098ea5f7a0a4036a49e97c445d2c48e1a58a29932944b895ac1fc346a3615b27"),
+    # The table's kaf_relu row is the run with the 20-epoch decay phase ("_last"), see the README.
+    ThesisCheckpoint("kaf_relu", "resnet20_kafrelu_ocrob_lrfinder_last.zip",
+                     "195db3780d374d5ac8bb98263684c0cede41e0a3df54239ab5798cadb7402864"),
+    ThesisCheckpoint("kaf_elu", "resnet20_kafelu_ocrob_lrf.zip", None),
+    ThesisCheckpoint("kaf_swish", "resnet20_kafswish_ocrob_lrfinder.zip", None),
+    ThesisCheckpoint("kaf_free", "resnet20_kafs_freedictkb_ocrob_lrfinder.zip",
+                     "e68a123157a8199b35658db50e36dbd014ff9297784733e11d72d4ccb43dfec3"),
+)}
+
+
+def lookup(activation: str) -> ThesisCheckpoint:
+    if activation not in THESIS_CHECKPOINTS:
+        raise ValueError(f"no thesis ResNet20 checkpoint for {activation!r}; known: {', '.join(THESIS_CHECKPOINTS)}")
+    return THESIS_CHECKPOINTS[activation]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(CACHE_ENV_VAR) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kafrob"
+    return Path(root) / "checkpoints"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, expected: str | None) -> Path:
+    if expected is not None and sha256(path) != expected:
+        raise CheckpointError(f"{path} fails its sha256 check (expected {expected}); delete it and fetch it again")
+    return path
+
+
+def _download(entry: ThesisCheckpoint, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out)
+        _verify(Path(tmp), entry.sha256)
+        os.replace(tmp, dest)
+    except CheckpointError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    except Exception as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"cannot download {entry.url} ({type(exc).__name__}: {exc}); put {entry.filename} "
+                              f"in a folder and set {ENV_VAR} to it") from exc
+    if entry.sha256 is None:
+        print(f"note: {entry.filename} has no pinned checksum; downloaded sha256 {sha256(dest)}")
+    return dest
+
+
+def fetch(activation: str, path: str | os.PathLike | None = None, *, download: bool = True) -> Path:
+    """The verified zip of a thesis checkpoint: explicit path, $KAFROB_CHECKPOINT_DIR, cache, download."""
+    entry = lookup(activation)
+    if path is not None:
+        return _verify(Path(path), entry.sha256)
+    env = os.environ.get(ENV_VAR)
+    if env:
+        candidate = Path(env) / entry.filename
+        if not candidate.is_file():
+            raise CheckpointError(f"{candidate} not found; {ENV_VAR} must hold the released zips")
+        return _verify(candidate, entry.sha256)
+    cached = cache_dir() / entry.filename
+    if cached.is_file():
+        return _verify(cached, entry.sha256)
+    if not download:
+        raise CheckpointError(f"{entry.filename} is not cached; set {ENV_VAR} or allow the download")
+    return _download(entry, cached)
+
+
+def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    members = archive.infolist()
+    if len(members) > MAX_ENTRIES:
+        raise CheckpointError(f"archive has {len(members)} entries (limit {MAX_ENTRIES}); refusing it")
+    total = 0
+    for m in members:
+        name = PurePosixPath(m.filename)
+        if name.is_absolute() or ".." in name.parts or "\\" in m.filename or ":" in m.filename:
+            raise CheckpointError(f"archive entry {m.filename!r} escapes the extraction folder; refusing it")
+        total += m.file_size
+        if total > MAX_EXTRACTED_BYTES:
+            raise CheckpointError(f"archive expands beyond {MAX_EXTRACTED_BYTES} bytes; refusing it")
+    return members
+
+
+def extract(zip_path: str | os.PathLike, dest_root: str | os.PathLike | None = None) -> Path:
+    """Extract a released zip into ``dest_root/<zip stem>/`` (all or nothing); returns the SavedModel folder."""
+    zip_path = Path(zip_path)
+    dest_root = Path(dest_root) if dest_root is not None else cache_dir() / "extracted"
+    final = dest_root / zip_path.stem
+    if not final.exists():
+        if zip_path.stat().st_size > MAX_ARCHIVE_BYTES:
+            raise CheckpointError(f"{zip_path} is larger than {MAX_ARCHIVE_BYTES} bytes; refusing it")
+        dest_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dest_root, prefix=f".{zip_path.stem}."))
+        try:
+            with zipfile.ZipFile(zip_path) as archive:
+                members = _safe_members(archive)
+                bad = archive.testzip()
+                if bad is not None:
+                    raise CheckpointError(f"{zip_path}: entry {bad} is corrupt; delete the file and fetch it again")
+                archive.extractall(tmp, members)
+            _saved_model_dir(tmp, zip_path)
+            os.replace(tmp, final)
+        except zipfile.BadZipFile as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"{zip_path} is not a valid zip ({exc}); delete it and fetch it again") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return _saved_model_dir(final, zip_path)
+
+
+def _saved_model_dir(root: Path, origin: Path) -> Path:
+    found = [p.parent for p in root.rglob("saved_model.pb") if (p.parent / "variables" / "variables.index").is_file()]
+    if len(found) != 1:
+        raise CheckpointError(f"{origin} does not hold exactly one SavedModel with variables (found {len(found)})")
+    return found[0]
+
+
+def _thesis_weights(layer: keras.layers.Layer, reader, prefix: str) -> list[np.ndarray]:
+    def get(name: str) -> np.ndarray:
+        key = f"{prefix}/{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        if not reader.has_tensor(key):
+            raise CheckpointError(f"checkpoint lacks {key} for layer {layer.name}; is it the right activation?")
+        return reader.get_tensor(key)
+
+    if isinstance(layer, KAF):
+        channels, size = layer.coeffs.shape
+        coeffs = get("mix_coeffs").reshape(channels, size)
+        if layer.trainable_dictionary:
+            return [coeffs, get("d").reshape(channels, size), get("k_bandw").reshape(channels)]
+        points = get("d").reshape(size)
+        if not np.allclose(points, layer.points.numpy(), atol=1e-6):
+            raise CheckpointError(f"layer {layer.name}: the checkpoint's dictionary is not linspace(-3, 3, 20)")
+        return [coeffs, points]
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [get(n) for n in ("gamma", "beta", "moving_mean", "moving_variance")]
+    return [get("kernel"), get("bias")]
+
+
+def import_resnet20(saved_model_dir: str | os.PathLike, activation: str, *,
+                    thesis_precision: bool = True) -> keras.Model:
+    """Build kafrob's ResNet20 for ``activation`` and load the thesis SavedModel's weights into it.
+
+    ``thesis_precision`` (default) computes as the released models do: mixed_float16 layers and the
+    thesis's float16 KAF formula. That matters for ridge-initialised KAFs (kaf_relu), whose large
+    alternating coefficients amplify float16 rounding; with False the model is exact float32.
+    """
+    reader = tf.train.load_checkpoint(str(Path(saved_model_dir) / "variables" / "variables"))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16" if thesis_precision else "float32")
+    try:
+        model = resnet20(activation)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    set_thesis_float16(model, thesis_precision)
+    layers = [model.get_layer(n) for n in layer_names()]
+    layers = [layer for layer in layers if layer.weights]
+    available = {k.split("/")[0] for k in reader.get_variable_to_shape_map() if k.startswith("layer_with_weights-")}
+    if len(available) != len(layers):
+        raise CheckpointError(f"checkpoint has {len(available)} layers with weights, kafrob's resnet20({activation!r}) "
+                              f"has {len(layers)}: wrong activation for this file?")
+    for i, layer in enumerate(layers):
+        values = _thesis_weights(layer, reader, f"layer_with_weights-{i}")
+        for var, value in zip(layer.weights, values):
+            if tuple(var.shape) != value.shape:
+                raise CheckpointError(f"layer {layer.name}: shape {value.shape} in the checkpoint, {var.shape} here")
+            var.assign(value)
+    return model
+
+
+def load_thesis_model(activation: str, path: str | os.PathLike | None = None, *,
+                      thesis_precision: bool = True) -> keras.Model:
+    """The released thesis ResNet20 for ``activation`` as a kafrob Keras 3 model."""
+    return import_resnet20(extract(fetch(activation, path)), activation, thesis_precision=thesis_precision)
+
+
+def saved_model_probabilities(saved_model_dir: str | os.PathLike, x) -> np.ndarray:
+    """The original SavedModel's ``serving_default`` output (softmax probabilities), for cross-checks."""
+    signature = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
+    (name,) = signature.structured_input_signature[1]
+    (out,) = signature(**{name: tf.convert_to_tensor(x, tf.float32)}).values()
+    return out.numpy()

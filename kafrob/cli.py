@@ -1,0 +1,192 @@
+"""`kafrob train | evaluate | lr-find | sanity | table | regenerate`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def _train_config(args):
+    from kafrob.fbf import FBFConfig
+    from kafrob.train import TrainConfig
+
+    return TrainConfig(model=args.model, activation=args.activation, epochs=args.epochs, min_lr=args.min_lr,
+                       max_lr=args.max_lr, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+                       precision=args.precision, train_per_class=args.train_per_class,
+                       decay_epochs=args.decay_epochs, early_stop=args.early_stop,
+                       fbf=FBFConfig(clip_start=args.clip_start, adversarial=not args.clean))
+
+
+def _add_train_args(p):
+    p.add_argument("--model", required=True, choices=("vgg", "resnet20"))
+    p.add_argument("--activation", required=True)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--min-lr", type=float, default=0.01)
+    p.add_argument("--max-lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--precision", default="float32", choices=("float32", "mixed_float16"))
+    p.add_argument("--train-per-class", type=int, default=None)
+    p.add_argument("--decay-epochs", type=int, default=0)
+    p.add_argument("--early-stop", action="store_true")
+    p.add_argument("--clip-start", action="store_true")
+    p.add_argument("--clean", action="store_true", help="plain training instead of FBF")
+    p.add_argument("--data-dir", default=None)
+
+
+def cmd_train(args) -> int:
+    from kafrob.data import load_cifar10
+    from kafrob.train import train
+
+    result = train(_train_config(args), load_cifar10(args.data_dir), args.run_dir, resume=args.resume)
+    result.model.save(Path(args.run_dir) / "model.keras")
+    print(json.dumps(result.history[-1], indent=2))
+    return 0
+
+
+def _load_model(spec: str):
+    if spec.startswith("thesis:"):
+        from kafrob.checkpoints import load_thesis_model
+
+        name = spec.split(":", 1)[1].removeprefix("resnet20-")
+        return load_thesis_model(name)
+    import keras
+
+    import kafrob.kaf  # noqa: F401  (registers the KAF layer)
+
+    return keras.saving.load_model(spec)
+
+
+def cmd_evaluate(args) -> int:
+    from kafrob.data import load_cifar10
+    from kafrob.evaluate import evaluate, our_pgd
+    from kafrob.pgd import PGDConfig
+
+    attack = PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=args.labels)
+    run_attack = our_pgd
+    if args.backend != "kafrob":
+        from kafrob import art_backend
+
+        run_attack = art_backend.art_pgd if args.backend == "art" else art_backend.art_apgd
+    result = evaluate(_load_model(args.checkpoint), load_cifar10(args.data_dir), n=args.n, clean_n=args.clean_n,
+                      attack=attack, seed=args.seed, backend=args.backend, run_attack=run_attack)
+    if args.out:
+        result.save(args.out)
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from kafrob.data import load_cifar10
+    from kafrob.lr_finder import range_test
+
+    r = range_test(_train_config(args), load_cifar10(args.data_dir), start_lr=args.start_lr, end_lr=args.end_lr,
+                   steps=args.steps, plot=args.plot)
+    print(json.dumps({"min_lr": r.min_lr, "max_lr": r.max_lr, "diverged": r.diverged, "plot": args.plot}))
+    return 0
+
+
+def cmd_sanity(args) -> int:
+    from kafrob.data import load_cifar10, to_float
+    from kafrob.evaluate import test_indices
+    from kafrob.pgd import PGDConfig
+    from kafrob.sanity import format_checks, sanity_checks
+
+    data = load_cifar10(args.data_dir)
+    idx = test_indices(data, args.n)
+    checks = sanity_checks(_load_model(args.checkpoint), to_float(data.x_test[idx]).numpy(), data.y_test[idx],
+                           base=PGDConfig(iterations=args.iterations, restarts=args.restarts),
+                           thorough=not args.quick)
+    print(format_checks(checks))
+    return 0 if all(c.passed for c in checks) else 1
+
+
+def _measurements(tier_name: str):
+    from kafrob.bench import Measurement, runs_dir
+
+    folder = runs_dir() / "measurements" / tier_name
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [Measurement(**{**r, "clean_interval": tuple(r["clean_interval"]),
+                           "robust_interval": tuple(r["robust_interval"])}) for r in rows]
+
+
+def cmd_table(args) -> int:
+    from kafrob.bench import results_table
+
+    ms = _measurements(args.tier)
+    if not ms:
+        print(f"no measurements for tier {args.tier} yet (run the benchmark first)", file=sys.stderr)
+        return 1
+    print(results_table(ms))
+    return 0
+
+
+def cmd_regenerate(args) -> int:
+    from kafrob.bench import run_case, write_references
+    from kafrob.data import load_cifar10
+    from kafrob.experiments import EXPERIMENTS, get_tier
+
+    tier = get_tier(args.tier)
+    data = load_cifar10(args.data_dir)
+    cases = [e for e in EXPERIMENTS if tier.source == "train" or e.model == "resnet20"]
+    measurements = [run_case(e, tier, data) for e in cases]  # any failure raises before anything is written
+    for path in write_references(measurements, tier):
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kafrob", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="FBF-train one model")
+    _add_train_args(p)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="clean and PGD accuracy of a .keras model or thesis:resnet20-<act>")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--clean-n", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--labels", default="true", choices=("true", "predicted"))
+    p.add_argument("--backend", default="kafrob", choices=("kafrob", "art", "art-apgd"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="stem for the .json/.npz results")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("lr-find", help="LR range test under FBF")
+    _add_train_args(p)
+    p.add_argument("--start-lr", type=float, default=1e-5)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--plot", default="lr_range_test.png")
+    p.set_defaults(func=cmd_lr_find)
+    p = sub.add_parser("sanity", help="Carlini et al. 2019 checks on a model")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_sanity)
+    for name, func, help_ in (("table", cmd_table, "print the measured results of a tier"),
+                              ("regenerate", cmd_regenerate, "re-measure a tier, rewrite reference_results/")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--tier", default="smoke", choices=("smoke", "full", "checkpoints"))
+        p.add_argument("--data-dir", default=None)
+        p.set_defaults(func=func)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"kafrob: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

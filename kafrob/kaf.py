@@ -1,0 +1,302 @@
+"""Kernel-based activation functions (KAFs; Scardapane et al., Neural Networks 2019) as a Keras 3 layer.
+
+A KAF is, per channel, a linear combination of D Gaussians centred on a fixed dictionary:
+
+    f(x) = sum_i a_i * exp(-gamma * (x - d_i)^2),   d = linspace(-boundary, boundary, D),
+    gamma = 1 / (6 * step^2).
+
+Written naively (expand every activation to (..., C, D) and reduce) a KAF network costs about ten
+times a ReLU network and D times its activation memory. Two kernels avoid the (..., C, D) tensor:
+
+* ``kaf_uniform`` (fixed, evenly spaced dictionary): the D Gaussians follow a multiplicative
+  recurrence, k_{i+1} = k_i * r * q^i, so one element needs 2 exponentials every 5 terms instead of
+  one per term. The recurrence starts at the dictionary end nearest to x (no overflow for any x) and
+  is reseeded every 5 terms (no accumulated rounding).
+* ``kaf_direct`` (``kaf_free``: dictionary and gamma trained per channel, so no longer evenly spaced):
+  the direct formula, one term at a time.
+
+Both recompute the kernel values in the backward pass (``tf.custom_gradient``) instead of storing them,
+and both are designed to be fused by XLA. They compute in float32 whatever the layer's compute dtype:
+under ``mixed_float16`` the Gaussians of a 20-point dictionary span more than float16's range (the
+thesis's float16 dictionary and gamma are a known deviation, see the README); inputs and outputs keep
+the layer's compute dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+RIDGE_TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "swish": lambda x: x / (1.0 + np.exp(-x)),
+}
+INITS = ("random", *RIDGE_TARGETS)
+RANDOM_INIT_STDDEV = 0.05  # tf.keras 'random_normal', as in the thesis
+RIDGE_REGULARISATION = 1e-6
+
+
+def dictionary_points(size: int = 20, boundary: float = 3.0) -> np.ndarray:
+    """The evenly spaced dictionary (float64)."""
+    if size < 2:
+        raise ValueError(f"dictionary_size must be >= 2, got {size}")
+    if boundary <= 0:
+        raise ValueError(f"boundary must be > 0, got {boundary}")
+    return np.linspace(-boundary, boundary, size)
+
+
+def default_gamma(size: int = 20, boundary: float = 3.0) -> float:
+    """The thesis bandwidth 1 / (6 step^2): neighbouring Gaussians overlap enough to be smooth."""
+    step = 2.0 * boundary / (size - 1)
+    return 1.0 / (6.0 * step * step)
+
+
+def kernel_matrix(points: np.ndarray, gamma: float) -> np.ndarray:
+    return np.exp(-gamma * np.square(points[:, None] - points[None, :]))
+
+
+def ridge_coefficients(target: str, size: int = 20, boundary: float = 3.0) -> np.ndarray:
+    """Coefficients that make the KAF approximate ``target``: solve (K + 1e-6 I) a = f(d) in float64."""
+    if target not in RIDGE_TARGETS:
+        raise ValueError(f"unknown ridge target {target!r}; known: {', '.join(RIDGE_TARGETS)}")
+    d = dictionary_points(size, boundary)
+    k = kernel_matrix(d, default_gamma(size, boundary))
+    return np.linalg.solve(k + RIDGE_REGULARISATION * np.eye(size), RIDGE_TARGETS[target](d))
+
+
+def kaf_reference(x: np.ndarray, coeffs: np.ndarray, points: np.ndarray, gamma) -> np.ndarray:
+    """The direct formula in float64 NumPy; coeffs (C, D), points (D,) or (C, D), gamma scalar or (C,)."""
+    x = np.asarray(x, np.float64)[..., None]
+    gamma = np.asarray(gamma, np.float64)
+    gamma = gamma[..., None] if gamma.ndim else gamma
+    terms = np.asarray(coeffs, np.float64) * np.exp(-gamma * np.square(x - np.asarray(points, np.float64)))
+    return terms.sum(-1)
+
+
+def kaf_thesis_float16(x: tf.Tensor, coeffs: tf.Tensor, points: tf.Tensor, gamma: tf.Tensor) -> tf.Tensor:
+    """The thesis's own computation: the direct formula entirely in float16, expanded to (..., C, D).
+
+    Only for reproducing the released thesis models: with ridge-initialised coefficients (|a| up to ~70,
+    alternating in sign) float16 rounding changes the function noticeably, and those networks were
+    trained with it. Slow and approximate; never used for training.
+    """
+    half = tf.float16
+    x = tf.cast(x, half)[..., None]
+    gamma = tf.cast(gamma, half)
+    gamma = gamma[:, None] if gamma.shape.rank else gamma
+    return tf.reduce_sum(tf.cast(coeffs, half) * tf.exp(-gamma * tf.square(x - tf.cast(points, half))), -1)
+
+
+def _batch_axes(x: tf.Tensor) -> list[int]:
+    return list(range(x.shape.rank - 1))
+
+
+RESEED_EVERY = 5  # recompute k and the ratio directly every few terms so rounding cannot accumulate
+
+
+def _mirrored_terms(x, lower, v, size: int, start: float, step: float, gamma: float):
+    """Yield (j, t_j, k_j): k_j = exp(-gamma (x - d)^2) for the j-th dictionary point from the nearer end.
+
+    Elements in the lower half of the dictionary count j from d_0, the others from d_{D-1}; starting at
+    the nearer end keeps the recurrence free of overflow. t_j = v - j is the signed distance in steps.
+    At reseeds k is computed from x itself (as accurate as the direct formula); between them
+    k_{j+1} = k_j * r_j, r_{j+1} = r_j * exp(-2c) with c = gamma step^2: 2 exponentials per RESEED_EVERY terms.
+    """
+    c = gamma * step * step
+    decay = float(np.exp(-2.0 * c))
+    for j in range(size):
+        t = v - j
+        if j % RESEED_EVERY == 0:
+            diff = tf.where(lower, x - (start + j * step), (start + (size - 1 - j) * step) - x)
+            k = tf.exp(-gamma * tf.square(diff))
+            ratio = tf.exp(c * (2.0 / step * diff - 1.0))
+        else:
+            k = k * ratio
+            ratio = ratio * decay
+        yield j, t, k
+
+
+def _uniform_setup(x, coeffs, start, step):
+    size = coeffs.shape[-1]
+    position = (x - start) / step
+    lower = position <= 0.5 * (size - 1)
+    v = tf.where(lower, position, (size - 1) - position)
+    return size, lower, v
+
+
+def kaf_uniform(x: tf.Tensor, coeffs: tf.Tensor, *, start: float, step: float, gamma: float) -> tf.Tensor:
+    """KAF on an evenly spaced dictionary start + i*step (float32 x of any rank, coeffs (C, D))."""
+    @tf.custom_gradient
+    def _kaf(x, coeffs):
+        size, lower, v = _uniform_setup(x, coeffs, start, step)
+        mirrored = tf.reverse(coeffs, axis=[-1])
+        out = tf.zeros_like(x)
+        for j, _, k in _mirrored_terms(x, lower, v, size, start, step, gamma):
+            out += tf.where(lower, coeffs[:, j], mirrored[:, j]) * k
+
+        def grad(upstream):
+            axes = _batch_axes(x)
+            slope = tf.zeros_like(x)
+            low_sums, high_sums = [], []
+            for j, t, k in _mirrored_terms(x, lower, v, size, start, step, gamma):
+                slope += tf.where(lower, coeffs[:, j], mirrored[:, j]) * (t * k)
+                weighted = upstream * k
+                zero = tf.zeros_like(weighted)
+                low_sums.append(tf.reduce_sum(tf.where(lower, weighted, zero), axes))
+                high_sums.append(tf.reduce_sum(tf.where(lower, zero, weighted), axes))
+            # Lower elements used coefficient j at term j, upper ones coefficient D-1-j.
+            d_coeffs = tf.stack(low_sums, -1) + tf.stack(high_sums[::-1], -1)
+            sign = tf.where(lower, 1.0, -1.0)
+            d_x = upstream * (-2.0 * gamma * step) * sign * slope
+            return d_x, d_coeffs
+
+        return out, grad
+
+    return _kaf(x, coeffs)
+
+
+def kaf_direct(x: tf.Tensor, coeffs: tf.Tensor, points: tf.Tensor, gamma: tf.Tensor) -> tf.Tensor:
+    """KAF with a per-channel dictionary points (C, D) and bandwidth gamma (C,), all differentiable."""
+
+    @tf.custom_gradient
+    def _kaf(x, coeffs, points, gamma):
+        size = coeffs.shape[-1]
+        out = tf.zeros_like(x)
+        for i in range(size):
+            out += coeffs[:, i] * tf.exp(-gamma * tf.square(x - points[:, i]))
+
+        def grad(upstream):
+            axes = _batch_axes(x)
+            slope = tf.zeros_like(x)
+            curvature = tf.zeros_like(x)
+            d_coeffs, d_points = [], []
+            for i in range(size):
+                diff = x - points[:, i]
+                k = tf.exp(-gamma * tf.square(diff))
+                ak = coeffs[:, i] * k
+                slope += ak * diff
+                curvature += ak * tf.square(diff)
+                d_coeffs.append(tf.reduce_sum(upstream * k, axes))
+                d_points.append(tf.reduce_sum(upstream * ak * diff, axes))
+            d_x = upstream * (-2.0 * gamma) * slope
+            d_points = 2.0 * gamma[:, None] * tf.stack(d_points, -1)
+            d_gamma = -tf.reduce_sum(upstream * curvature, axes)
+            return d_x, tf.stack(d_coeffs, -1), d_points, d_gamma
+
+        return out, grad
+
+    return _kaf(x, coeffs, points, gamma)
+
+
+def _coefficient_initializer(init: str, size: int, boundary: float):
+    if init == "random":
+        return keras.initializers.RandomNormal(stddev=RANDOM_INIT_STDDEV)
+    row = ridge_coefficients(init, size, boundary)
+
+    def initializer(shape, dtype=None):
+        return np.broadcast_to(row, shape).astype(dtype or "float32")
+
+    return initializer
+
+
+@keras.saving.register_keras_serializable(package="kafrob")
+class KAF(keras.layers.Layer):
+    """Per-channel kernel activation function (channels last, inputs of any rank >= 2).
+
+    ``init`` is ``"random"`` (normal, std 0.05) or the name of a function the coefficients are
+    ridge-initialised to approximate (relu, elu, swish). ``trainable_dictionary=True`` is the thesis's
+    ``kaf_free``: dictionary (C, D) and gamma (C,) are trained per channel. Otherwise the dictionary is a
+    non-trainable (D,) weight, kept so that parameter counts and checkpoints match the thesis.
+    ``thesis_float16=True`` computes as the thesis code did (see ``kaf_thesis_float16``).
+    """
+
+    def __init__(
+        self,
+        dictionary_size: int = 20,
+        boundary: float = 3.0,
+        init: str = "random",
+        trainable_dictionary: bool = False,
+        thesis_float16: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if init not in INITS:
+            raise ValueError(f"unknown KAF init {init!r}; known: {', '.join(INITS)}")
+        dictionary_points(dictionary_size, boundary)  # validates
+        self.dictionary_size = int(dictionary_size)
+        self.boundary = float(boundary)
+        self.init = init
+        self.trainable_dictionary = bool(trainable_dictionary)
+        self.thesis_float16 = bool(thesis_float16)
+        self.supports_masking = True
+
+    @property
+    def step(self) -> float:
+        return 2.0 * self.boundary / (self.dictionary_size - 1)
+
+    @property
+    def initial_gamma(self) -> float:
+        return default_gamma(self.dictionary_size, self.boundary)
+
+    def build(self, input_shape) -> None:
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise ValueError(f"KAF needs a known channel axis (last), got input shape {input_shape}")
+        channels, size = int(input_shape[-1]), self.dictionary_size
+        points = dictionary_points(size, self.boundary)
+        self.coeffs = self.add_weight(
+            name="mix_coeffs",
+            shape=(channels, size),
+            initializer=_coefficient_initializer(self.init, size, self.boundary),
+            autocast=False,
+        )
+        if self.trainable_dictionary:
+            self.points = self.add_weight(
+                name="dictionary",
+                shape=(channels, size),
+                initializer=lambda shape, dtype=None: np.broadcast_to(points, shape).astype(dtype or "float32"),
+                autocast=False,
+            )
+            self.gamma = self.add_weight(
+                name="gamma",
+                shape=(channels,),
+                initializer=keras.initializers.Constant(self.initial_gamma),
+                autocast=False,
+            )
+        else:
+            self.points = self.add_weight(
+                name="dictionary",
+                shape=(size,),
+                initializer=lambda shape, dtype=None: points.astype(dtype or "float32"),
+                trainable=False,
+                autocast=False,
+            )
+
+    def call(self, inputs):
+        x = tf.cast(inputs, tf.float32)
+        coeffs = tf.convert_to_tensor(self.coeffs)
+        if self.thesis_float16:
+            gamma = self.gamma if self.trainable_dictionary else self.initial_gamma
+            out = kaf_thesis_float16(x, coeffs, tf.convert_to_tensor(self.points), tf.convert_to_tensor(gamma))
+        elif self.trainable_dictionary:
+            out = kaf_direct(x, coeffs, tf.convert_to_tensor(self.points), tf.convert_to_tensor(self.gamma))
+        else:
+            out = kaf_uniform(x, coeffs, start=-self.boundary, step=self.step, gamma=self.initial_gamma)
+        return tf.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            dictionary_size=self.dictionary_size,
+            boundary=self.boundary,
+            init=self.init,
+            trainable_dictionary=self.trainable_dictionary,
+            thesis_float16=self.thesis_float16,
+        )
+        return config

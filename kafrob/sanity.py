@@ -1,0 +1,108 @@
+"""Automatable checks from Carlini et al. 2019, "On evaluating adversarial robustness".
+
+A failed check is a warning sign of gradient masking or of a broken attack, not a proof of either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tabulate import tabulate
+
+from kafrob.fbf import cross_entropy
+from kafrob.pgd import PGDConfig, pgd_attack, predict
+
+EPS_GRID = tuple(e / 255.0 for e in (0, 2, 4, 8, 16, 32))
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def _robust(model, x, y, config: PGDConfig, seed: int) -> float:
+    return float(np.mean(~pgd_attack(model, x, y, config, seed=seed)[1]))
+
+
+def fgsm(model: keras.Model, x, y, eps: float) -> np.ndarray:
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = cross_entropy(y, model(x, training=False))
+    return tf.clip_by_value(x + eps * tf.sign(tape.gradient(loss, x)), 0.0, 1.0).numpy()
+
+
+def input_gradients(model: keras.Model, x, y) -> np.ndarray:
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels=tf.cast(y, tf.int32), logits=tf.cast(model(x, training=False), tf.float32))
+    return tape.gradient(losses, x).numpy()
+
+
+def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float = 8 / 255,
+                  base: PGDConfig = PGDConfig(iterations=50, restarts=10), seed: int = 0,
+                  tolerance: float = 0.01, large_eps: float = 128 / 255, thorough: bool = True) -> list[Check]:
+    """Run the checks on a batch; ``thorough=False`` skips PGD-100 and 20 restarts (the slow ones)."""
+    x, y = np.asarray(x, np.float32), np.asarray(y)
+    base = PGDConfig(eps=eps, step=base.step, iterations=base.iterations, restarts=base.restarts)
+    clean = float(np.mean(predict(model, x).numpy() == y))
+    checks: list[Check] = []
+
+    at_zero = _robust(model, x, y, PGDConfig(eps=0.0, step=base.step, iterations=base.iterations, restarts=1), seed)
+    checks.append(Check("eps=0 gives clean accuracy", abs(at_zero - clean) < 1e-9,
+                        f"clean {clean:.4f}, PGD(eps=0) {at_zero:.4f}"))
+
+    curve = [_robust(model, x, y, PGDConfig(eps=e, step=max(e / 4, 1e-8) if e else 0.0,
+                                            iterations=base.iterations, restarts=1), seed) for e in EPS_GRID]
+    curve[0] = clean
+    checks.append(Check("robust accuracy non-increasing in eps", all(b <= a + 1e-9 for a, b in zip(curve, curve[1:])),
+                        ", ".join(f"{round(e * 255)}/255: {a:.3f}" for e, a in zip(EPS_GRID, curve))))
+
+    large = _robust(model, x, y, PGDConfig(eps=large_eps, step=large_eps / 10, iterations=base.iterations,
+                                           restarts=1), seed)
+    checks.append(Check("near-zero accuracy at large eps", large <= 0.05,
+                        f"eps {round(large_eps * 255)}/255: {large:.4f} (expected <= 0.05)"))
+
+    reference = _robust(model, x, y, base, seed)
+    if thorough:
+        longer = _robust(model, x, y, PGDConfig(eps=eps, step=base.step, iterations=2 * base.iterations,
+                                                restarts=base.restarts), seed + 1)
+        checks.append(Check(f"PGD-{2 * base.iterations} vs PGD-{base.iterations} within 1 point",
+                            abs(longer - reference) < tolerance, f"{longer:.4f} vs {reference:.4f}"))
+        more = _robust(model, x, y, PGDConfig(eps=eps, step=base.step, iterations=base.iterations,
+                                              restarts=2 * base.restarts), seed + 2)
+        checks.append(Check(f"{2 * base.restarts} vs {base.restarts} restarts within 1 point",
+                            abs(more - reference) < tolerance, f"{more:.4f} vs {reference:.4f}"))
+
+    fgsm_acc = float(np.mean(predict(model, fgsm(model, x, y, eps)).numpy() == y))
+    checks.append(Check("PGD at least as strong as FGSM", reference <= fgsm_acc + 1e-9,
+                        f"PGD {reference:.4f}, FGSM {fgsm_acc:.4f}"))
+
+    rng = np.random.default_rng(seed)
+    noisy = np.clip(x + rng.uniform(-eps, eps, x.shape).astype(np.float32), 0, 1)
+    noise_acc = float(np.mean(predict(model, noisy).numpy() == y))
+    checks.append(Check("uniform noise hurts far less than PGD", clean - noise_acc < 0.5 * max(clean - reference, 1e-9),
+                        f"noise {noise_acc:.4f}, PGD {reference:.4f}, clean {clean:.4f}"))
+
+    grads = input_gradients(model, x, y)
+    zero = int(np.sum(np.all(grads.reshape(len(x), -1) == 0, axis=1)))
+    checks.append(Check("no all-zero input gradients", zero == 0, f"{zero} of {len(x)} examples"))
+
+    x_adv, _ = pgd_attack(model, x, y, base, seed=seed)
+    linf = float(np.max(np.abs(x_adv - x)))
+    checks.append(Check("||x_adv - x||_inf <= eps and x_adv in [0, 1]",
+                        linf <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1,
+                        f"max |delta| {linf * 255:.4f}/255, range [{x_adv.min():.4f}, {x_adv.max():.4f}]"))
+    return checks
+
+
+def format_checks(checks: list[Check]) -> str:
+    rows = [(c.name, "ok" if c.passed else "FAIL (possible gradient masking)", c.detail) for c in checks]
+    return tabulate(rows, headers=("check", "result", "measured"), tablefmt="github")

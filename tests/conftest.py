@@ -1,0 +1,40 @@
+"""Shared fixtures: the real CIFAR-10 copy (from KAFROB_DATA_DIR) and small synthetic datasets."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kafrob.data import ENV_VAR, Cifar10, load_cifar10
+
+
+def write_batch(path: Path, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": [int(i % 10) for i in range(n)], b"batch_label": b"synthetic",
+             b"filenames": [f"{i}.png".encode() for i in range(n)]}
+    path.write_bytes(pickle.dumps(batch, protocol=4))
+
+
+@pytest.fixture
+def synthetic_cifar(tmp_path) -> Path:
+    """A folder in CIFAR-10's python layout with 20 images per batch."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", 20, i)
+    write_batch(folder / "test_batch", 20, 0)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def cifar() -> Cifar10:
+    """The real data. Without KAFROB_DATA_DIR the test is skipped (a laptop without the data); with it
+    set, missing or broken data is an error (CI sets it, so CI never skips these silently)."""
+    if not os.environ.get(ENV_VAR):
+        pytest.skip(f"{ENV_VAR} is not set")
+    return load_cifar10()

@@ -1,0 +1,204 @@
+"""The KAF layer: the fast kernels equal the direct formula, ridge init, gradients, serialization."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kafrob.kaf import (KAF, default_gamma, dictionary_points, kaf_direct, kaf_reference, kaf_uniform,
+                        ridge_coefficients)
+
+D, BOUNDARY = 20, 3.0
+STEP = 2 * BOUNDARY / (D - 1)
+GAMMA = default_gamma(D, BOUNDARY)
+POINTS = dictionary_points(D, BOUNDARY)
+TINY = 1e-30  # below any meaningful activation; float32 flushes such values to zero anyway
+
+
+def scale(x, coeffs, points=POINTS, gamma=GAMMA):
+    """sum_i |a_i| k_i(x): the size of the terms, the natural denominator for a sum that can cancel."""
+    return kaf_reference(x, np.abs(coeffs), points, gamma)
+
+
+def rel_error(ours, ref, denom):
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - ref) / np.maximum(denom, TINY)))
+
+
+def wide_inputs(channels, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(0, 1.5, 4000), rng.uniform(-12, 12, 2000), np.linspace(-60, 60, 121),
+                        POINTS, POINTS + 1e-4, [0.0, -3.0, 3.0, 1e4, -1e4]])
+    x = x[: len(x) // channels * channels]
+    return x.reshape(-1, channels).astype(np.float32)
+
+
+@pytest.mark.parametrize("init", ["random", "relu", "elu", "swish"])
+def test_uniform_kernel_matches_direct_formula(init):
+    rng = np.random.default_rng(1)
+    coeffs = (rng.normal(0, 0.05, (4, D)) if init == "random"
+              else np.tile(ridge_coefficients(init), (4, 1)) + rng.normal(0, 0.01, (4, D))).astype(np.float32)
+    x = wide_inputs(4)
+    ours = kaf_uniform(tf.constant(x), tf.constant(coeffs), start=-BOUNDARY, step=STEP, gamma=GAMMA).numpy()
+    ref = kaf_reference(x, coeffs, POINTS, GAMMA)
+    # Relative to the size of the terms (a relative error on a cancelling sum is meaningless even for the
+    # direct float32 formula). 
+    assert rel_error(ours, ref, scale(x, coeffs)) <= 1e-5
+    inside = np.abs(x) <= BOUNDARY
+    assert np.all(np.abs(ours[inside] - ref[inside]) <= 1e-6 * np.maximum(np.abs(ref[inside]), 1.0) * 72)
+
+
+def test_uniform_kernel_values_near_direct_float32_relative():
+    """Plain relative error for well-conditioned values (|f| not cancelling), fp32 <= 1e-6."""
+    coeffs = np.abs(np.random.default_rng(2).normal(0.5, 0.1, (3, D))).astype(np.float32)
+    x = np.random.default_rng(3).uniform(-3, 3, (1000, 3)).astype(np.float32)
+    ours = kaf_uniform(tf.constant(x), tf.constant(coeffs), start=-BOUNDARY, step=STEP, gamma=GAMMA).numpy()
+    ref = kaf_reference(x, coeffs, POINTS, GAMMA)
+    assert np.max(np.abs(ours - ref) / np.abs(ref)) <= 1e-6
+
+
+def _analytic_grads(x, coeffs, upstream, points, gamma):
+    x64 = np.asarray(x, np.float64)[..., None]
+    gamma = np.asarray(gamma, np.float64)
+    g = gamma[:, None] if gamma.ndim else gamma
+    diff = x64 - points
+    k = np.exp(-g * diff**2)
+    u = np.asarray(upstream, np.float64)[..., None]
+    dx = (u * coeffs * k * (-2 * g * diff)).sum(-1)
+    dcoeffs = (u * k).reshape(-1, *coeffs.shape).sum(0)
+    dpoints = (u * coeffs * k * 2 * g * diff).reshape(-1, *coeffs.shape).sum(0)
+    dgamma = (u * coeffs * k * -(diff**2)).sum(-1).reshape(-1, coeffs.shape[0]).sum(0)
+    return dx, dcoeffs, dpoints, dgamma
+
+
+def test_uniform_kernel_gradients():
+    rng = np.random.default_rng(4)
+    coeffs = np.tile(ridge_coefficients("swish"), (4, 1)).astype(np.float32) + rng.normal(0, .05, (4, D)).astype(np.float32)
+    x = wide_inputs(4, seed=5)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    xt, ct = tf.constant(x), tf.constant(coeffs)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, ct])
+        y = kaf_uniform(xt, ct, start=-BOUNDARY, step=STEP, gamma=GAMMA)
+    dx, dc = tape.gradient(y, [xt, ct], output_gradients=tf.constant(upstream))
+    ref_dx, ref_dc, _, _ = _analytic_grads(x, coeffs.astype(np.float64), upstream, POINTS, GAMMA)
+    slope_scale = kaf_reference(x, np.abs(coeffs), POINTS, GAMMA) * (1 + np.abs(x)) * 2 * GAMMA * np.abs(upstream)
+    assert rel_error(dx, ref_dx, slope_scale) <= 1e-5
+    dc_scale = (np.abs(upstream)[..., None] * np.exp(-GAMMA * (x[..., None] - POINTS) ** 2)).sum(0)
+    assert rel_error(dc, ref_dc, dc_scale) <= 1e-5
+
+
+def test_finite_differences():
+    """The analytic gradient of the layer agrees with central differences of the float64 formula."""
+    layer = KAF(init="elu")
+    x = tf.constant(np.linspace(-4, 4, 33, dtype=np.float32).reshape(-1, 1))
+    layer(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(layer(x))
+    dx = tape.gradient(y, x).numpy().ravel()
+    coeffs = layer.coeffs.numpy().astype(np.float64)
+    h = 1e-5
+    xs = x.numpy().astype(np.float64)
+    fd = (kaf_reference(xs + h, coeffs, POINTS, GAMMA) - kaf_reference(xs - h, coeffs, POINTS, GAMMA)) / (2 * h)
+    np.testing.assert_allclose(dx, fd.ravel(), rtol=1e-4, atol=1e-4)
+
+
+def test_direct_kernel_and_its_gradients():
+    rng = np.random.default_rng(6)
+    c = 3
+    coeffs = rng.normal(0, 0.3, (c, D)).astype(np.float32)
+    points = (POINTS + rng.normal(0, 0.05, (c, D))).astype(np.float32)
+    gamma = (GAMMA * rng.uniform(0.8, 1.2, c)).astype(np.float32)
+    x = wide_inputs(c, seed=7)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    args = [tf.constant(v) for v in (x, coeffs, points, gamma)]
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        y = kaf_direct(*args)
+    grads = tape.gradient(y, args, output_gradients=tf.constant(upstream))
+    p64, g64 = points.astype(np.float64), gamma.astype(np.float64)
+    assert rel_error(y, kaf_reference(x, coeffs, p64, g64), scale(x, coeffs, p64, g64)) <= 1e-5
+    refs = _analytic_grads(x, coeffs.astype(np.float64), upstream, p64, g64)
+    for got, ref in zip(grads, refs):
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-4 * np.max(np.abs(ref)))
+
+
+@pytest.mark.parametrize("target", ["relu", "elu", "swish"])
+def test_ridge_init_approximates_target(target):
+    from kafrob.kaf import RIDGE_TARGETS
+
+    layer = KAF(init=target)
+    x = np.linspace(-3, 3, 601, dtype=np.float32).reshape(-1, 1)
+    y = layer(x).numpy().ravel()
+    err = np.max(np.abs(y - RIDGE_TARGETS[target](x.ravel().astype(np.float64))))
+    # Measured max errors on [-3, 3] (largest at the ends of the dictionary and, for relu, the kink):
+    # relu 0.0504, elu 0.0134, swish 0.0115.
+    assert err <= {"relu": 0.055, "elu": 0.015, "swish": 0.013}[target], err
+
+
+def test_kaf_free_trains_dictionary_and_gamma():
+    layer = KAF(trainable_dictionary=True)
+    layer.build((None, 8, 8, 5))
+    names = {w.path.split("/")[-1]: w for w in layer.trainable_weights}
+    assert set(names) == {"mix_coeffs", "dictionary", "gamma"}
+    assert names["dictionary"].shape == (5, D) and names["gamma"].shape == (5,)
+    fixed = KAF()
+    fixed.build((None, 5))
+    assert [w.path.split("/")[-1] for w in fixed.trainable_weights] == ["mix_coeffs"]
+    assert [w.path.split("/")[-1] for w in fixed.non_trainable_weights] == ["dictionary"]
+
+
+def test_kaf_free_gradients_reach_dictionary_and_gamma():
+    layer = KAF(trainable_dictionary=True)
+    x = tf.random.normal((4, 3, 3, 2))
+    with tf.GradientTape() as tape:
+        y = tf.reduce_sum(layer(x) ** 2)
+    grads = tape.gradient(y, layer.trainable_weights)
+    assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)
+
+
+def test_config_round_trip():
+    layer = KAF(dictionary_size=12, boundary=2.5, init="swish", trainable_dictionary=True, name="k")
+    clone = KAF.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("init,free", [("random", False), ("elu", False), ("random", True)])
+def test_keras_file_round_trip(tmp_path, init, free):
+    inputs = keras.Input((6, 6, 3))
+    model = keras.Model(inputs, KAF(init=init, trainable_dictionary=free)(keras.layers.Conv2D(4, 3)(inputs)))
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(model(x).numpy(), loaded(x).numpy())
+
+
+def test_any_rank_and_float32_compute():
+    layer = KAF(init="relu")
+    for shape in [(5, 3), (2, 4, 3), (2, 2, 2, 2, 3)]:
+        out = layer(tf.random.normal(shape))
+        assert out.shape == shape and out.dtype == tf.float32
+
+
+def test_mixed_precision_matches_float32():
+    x = np.random.default_rng(8).normal(0, 2, (64, 6)).astype(np.float32)
+    layer32 = KAF(init="swish")
+    y32 = layer32(x).numpy()
+    layer16 = KAF(init="swish", dtype="mixed_float16")
+    layer16(x)
+    layer16.set_weights(layer32.get_weights())
+    y16 = layer16(x.astype(np.float16))
+    assert y16.dtype == tf.float16
+    # float16 inputs/outputs: the error is float16 rounding of x and of f(x), not of the 20 Gaussians.
+    ref = kaf_reference(x.astype(np.float16).astype(np.float64), layer32.coeffs.numpy(), POINTS, GAMMA)
+    assert np.max(np.abs(y16.numpy().astype(np.float64) - ref) / np.maximum(np.abs(ref), 1)) <= 2e-3
+    coeffs = layer32.coeffs.numpy()
+    assert rel_error(y32, kaf_reference(x, coeffs, POINTS, GAMMA), scale(x, coeffs)) <= 1e-5
+
+
+def test_unknown_init_is_rejected():
+    with pytest.raises(ValueError, match="known: random, relu, elu, swish"):
+        KAF(init="tanh")

@@ -1,0 +1,66 @@
+"""Our PGD against ART's on a released thesis model, the label modes, and the Carlini et al. checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kafrob.art_backend import art_pgd
+from kafrob.data import to_float
+from kafrob.evaluate import agreement, evaluate
+from kafrob.pgd import PGDConfig, pgd_attack, predict
+from kafrob.sanity import format_checks, sanity_checks
+
+CHECKPOINTS = "../shared/thesis/checkpoints"
+
+
+@pytest.fixture(scope="module")
+def robust_model():
+    """An FBF-trained ResNet20 (the thesis's released ReLU model), exact float32."""
+    from pathlib import Path
+
+    from kafrob.checkpoints import extract, import_resnet20
+
+    zip_path = Path(__file__).resolve().parents[2] / "shared" / "thesis" / "checkpoints" / "resnet20_relu_ocrob_lrf.zip"
+    if not zip_path.exists():
+        pytest.skip(f"{zip_path} not available")
+    return import_resnet20(extract(zip_path, Path(__file__).parent / ".cache"), "relu", thesis_precision=False)
+
+
+def test_pgd_bounds_and_label_modes(robust_model, cifar):
+    x = to_float(cifar.x_test[:64]).numpy()
+    y = cifar.y_test[:64]
+    cfg = PGDConfig(iterations=5, restarts=2)
+    x_adv, fooled = pgd_attack(robust_model, x, y, cfg, seed=0)
+    assert np.max(np.abs(x_adv - x)) <= cfg.eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert np.array_equal(fooled, predict(robust_model, x_adv).numpy() != y)
+    _, fooled_pred = pgd_attack(robust_model, x, y, PGDConfig(iterations=5, restarts=2, label_mode="predicted"))
+    assert fooled_pred.dtype == bool
+    with pytest.raises(ValueError, match="label_mode"):
+        PGDConfig(label_mode="target")
+
+
+@pytest.mark.slow
+def test_our_pgd_matches_art(robust_model, cifar):
+    cfg = PGDConfig(iterations=10, restarts=1)
+    ours = evaluate(robust_model, cifar, n=100, attack=cfg, batch_size=100, progress=False)
+    art = evaluate(robust_model, cifar, n=100, attack=cfg, batch_size=100, run_attack=art_pgd, backend="art",
+                   progress=False)
+    agree = agreement(ours, art)
+    print(f"ours {ours.robust_accuracy:.3f} ({ours.seconds:.1f}s), ART {art.robust_accuracy:.3f} "
+          f"({art.seconds:.1f}s), agreement {agree:.3f}")
+    assert ours.robust_accuracy <= art.robust_accuracy + 0.01
+    assert agree >= 0.95
+
+
+@pytest.mark.slow
+def test_sanity_checks_pass_on_fbf_model(robust_model, cifar):
+    x = to_float(cifar.x_test[:100]).numpy()
+    checks = sanity_checks(robust_model, x, cifar.y_test[:100], base=PGDConfig(iterations=10, restarts=1),
+                           thorough=False)
+    print("\n" + format_checks(checks))
+    by_name = {c.name: c for c in checks}
+    for name in ("eps=0 gives clean accuracy", "robust accuracy non-increasing in eps",
+                 "||x_adv - x||_inf <= eps and x_adv in [0, 1]"):
+        assert by_name[name].passed, by_name[name].detail
+    assert all(c.passed for c in checks), format_checks(checks)

@@ -1,0 +1,82 @@
+"""FBF training end to end on small CIFAR-10 subsets (2 CPU cores)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from kafrob.evaluate import evaluate
+from kafrob.fbf import FBFConfig
+from kafrob.lr_finder import range_test
+from kafrob.pgd import PGDConfig
+from kafrob.train import NonFiniteError, TrainConfig, train
+
+# Small budget, so a small radius: at eps = 2/255 a 2,000-image VGG shows what FBF does within minutes.
+EPS = 2 / 255
+SMALL = TrainConfig("vgg", "relu", epochs=8, min_lr=0.01, max_lr=0.5, train_per_class=200, seed=0,
+                    monitor_images=64, jit_compile=False, fbf=FBFConfig(eps=EPS))
+ATTACK = PGDConfig(eps=EPS, step=EPS / 4, iterations=10, restarts=1)
+
+
+@pytest.fixture(scope="module")
+def fbf_and_clean(cifar, tmp_path_factory):
+    fbf = train(SMALL, cifar, tmp_path_factory.mktemp("fbf"), progress=False)
+    clean_cfg = dataclasses.replace(SMALL, fbf=FBFConfig(eps=EPS, adversarial=False))
+    clean = train(clean_cfg, cifar, tmp_path_factory.mktemp("clean"), progress=False)
+    return [evaluate(r.model, cifar, n=200, attack=ATTACK, progress=False) for r in (fbf, clean)]
+
+
+@pytest.mark.slow
+def test_fbf_trains_for_robustness(fbf_and_clean):
+    fbf, clean = fbf_and_clean
+    print(f"FBF: clean {fbf.clean_accuracy:.3f} PGD {fbf.robust_accuracy:.3f}; "
+          f"clean training: clean {clean.clean_accuracy:.3f} PGD {clean.robust_accuracy:.3f}")
+    assert fbf.robust_accuracy >= clean.robust_accuracy + 0.05
+
+
+def _weights(model):
+    return [v.numpy() for v in model.variables]
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical(cifar, tmp_path):
+    cfg = TrainConfig("resnet20", "relu", epochs=2, min_lr=0.01, max_lr=0.1, train_per_class=20, augment=True,
+                      monitor_images=32, jit_compile=False)
+    straight = train(cfg, cifar, tmp_path / "straight", progress=False)
+
+    class Kill(Exception):
+        pass
+
+    def kill_in_epoch_two(epoch, step):
+        if epoch == 1 and step == 0:
+            raise Kill
+
+    with pytest.raises(Kill):
+        train(cfg, cifar, tmp_path / "resumed", progress=False, on_step=kill_in_epoch_two)
+    resumed = train(cfg, cifar, tmp_path / "resumed", resume=True, progress=False)
+    assert len(resumed.history) == 2
+    for a, b in zip(_weights(straight.model), _weights(resumed.model)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(cfg, cifar, tmp_path / "straight", progress=False)
+    with pytest.raises(ValueError, match="another config"):
+        train(dataclasses.replace(cfg, seed=1), cifar, tmp_path / "straight", resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_exploding_kaf_resnet_stops_with_a_clear_error(cifar, tmp_path):
+    cfg = TrainConfig("resnet20", "kaf", epochs=1, min_lr=1e4, max_lr=1e6, train_per_class=26, jit_compile=False,
+                      monitor_images=0)
+    with pytest.raises(NonFiniteError, match=r"non-finite at epoch 1, step \d+"):
+        train(cfg, cifar, tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_lr_finder_bounds_and_plot(cifar, tmp_path):
+    cfg = dataclasses.replace(SMALL, train_per_class=20)
+    result = range_test(cfg, cifar, start_lr=1e-4, end_lr=10.0, steps=30, plot=tmp_path / "lr.png")
+    assert 1e-4 <= result.min_lr < result.max_lr <= 10.0
+    assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(result.lrs) <= 30 and np.all(np.diff(result.lrs) > 0)
