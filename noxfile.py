@@ -27,9 +27,16 @@ def _install(session: nox.Session, gpu: bool = False) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Unit and integration tests (tests/)."""
+    """Unit and integration tests (tests/) without the slow ones (training and full attacks): CI's command."""
     _install(session)
-    session.run("pytest", "tests", "-q", "--durations=10", *session.posargs, env=_env())
+    session.run("pytest", "tests", "-q", "-m", "not slow", "--durations=10", *session.posargs, env=_env())
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The slow tests: FBF vs clean training, resume, NaN guard, LR finder, ART cross-check, sanity, imports."""
+    _install(session)
+    session.run("pytest", "tests", "-q", "-m", "slow", "-s", "--durations=10", *session.posargs, env=_env())
 
 
 @nox.session
