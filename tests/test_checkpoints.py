@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kafrob import checkpoints as ck
 from kafrob.data import to_float
@@ -99,7 +100,7 @@ def test_import_equals_saved_model(activation, cifar, tmp_path):
     x = to_float(cifar.x_test[:512]).numpy()
     reference = ck.saved_model_probabilities(folder, x)
     model = ck.import_resnet20(folder, activation)
-    ours = np.asarray(__import__("tensorflow").nn.softmax(model(x, training=False)))
+    ours = np.asarray(tf.nn.softmax(model(x, training=False)))
     agree = float(np.mean(ours.argmax(1) == reference.argmax(1)))
     max_diff = float(np.max(np.abs(ours - reference)))
     print(f"{activation}: argmax agreement {agree:.4f}, max |dp| {max_diff:.5f}")

@@ -11,9 +11,6 @@ from kafrob.evaluate import agreement, evaluate
 from kafrob.pgd import PGDConfig, pgd_attack, predict
 from kafrob.sanity import format_checks, sanity_checks
 
-CHECKPOINTS = "../shared/thesis/checkpoints"
-
-
 @pytest.fixture(scope="module")
 def robust_model():
     """An FBF-trained ResNet20 (the thesis's released ReLU model), exact float32."""
