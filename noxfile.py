@@ -41,15 +41,24 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def smoke(session: nox.Session) -> None:
-    """Every thesis case at the smoke tier (CPU), then the results table."""
+    """Every thesis case at the smoke tier (CPU), then the results table.
+
+    Two pytest-xdist workers: KAF cases spend most of their time tracing graphs in single-threaded
+    Python, so two processes overlap that with each other's arithmetic (`-- -n 0` runs serially).
+    """
     _install(session)
-    session.run("pytest", "benchmark/test_thesis.py", "--tier", "smoke", "-q", *session.posargs, env=_env())
+    session.run("pytest", "benchmark/test_thesis.py", "--tier", "smoke", "-q", "-n", "2", "-p", "no:benchmark",
+                *session.posargs, env=_env())
     session.run("python", "-m", "kafrob.cli", "table", "--tier", "smoke", env=_env())
 
 
 @nox.session(name="full-gpu")
 def full_gpu(session: nox.Session) -> None:
-    """The thesis protocol on GPU(s); one case per GPU with pytest-xdist when several are visible."""
+    """The thesis protocol on GPU(s).
+
+    Several GPUs: one case per GPU (pytest-xdist), or with `-- --data-parallel -k <case>` one case
+    trained on all of them (tf.distribute.MirroredStrategy).
+    """
     _install(session, gpu=True)
     gpus = session.run("python", "-c", "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))",
                        silent=True, env=_env()).strip().splitlines()[-1]
@@ -57,7 +66,7 @@ def full_gpu(session: nox.Session) -> None:
         session.error("full-gpu needs a visible GPU (tf.config.list_physical_devices('GPU') is empty); "
                       "on CPU run `nox -s smoke` or `nox -s checkpoints`")
     args = ["benchmark/test_thesis.py", "--tier", "full", "-q"]
-    if int(gpus) > 1:
+    if int(gpus) > 1 and "--data-parallel" not in session.posargs:
         session.install("pytest-xdist")
         args += ["-n", gpus, "-p", "kafrob.gpu_workers"]
     session.run("pytest", *args, *session.posargs, env=_env())

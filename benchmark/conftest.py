@@ -16,13 +16,18 @@ def pytest_addoption(parser):
                      help="smoke (CPU, minutes), full (thesis protocol, GPU), checkpoints (released models)")
     parser.addoption("--source", default=None, choices=("train", "thesis-checkpoint"),
                      help="where models come from (default: the tier's)")
+    parser.addoption("--data-parallel", action="store_true",
+                     help="train each case on all visible GPUs with tf.distribute.MirroredStrategy")
 
 
 def pytest_report_header(config):
     tier = get_tier(config.getoption("--tier"), config.getoption("--source"))
     gpus = tf.config.list_physical_devices("GPU")
     device = f"{len(gpus)} GPU" if gpus else "CPU"
-    precision = "mixed_float16 training" if gpus and tier.name == "full" else "float32"
+    if tier.source == "thesis-checkpoint":
+        precision = "as released (thesis float16 KAF arithmetic)"
+    else:
+        precision = "mixed_float16 training" if gpus and tier.name == "full" else "float32"
     data = os.environ.get(ENV_VAR) or "Keras cache / download"
     return [f"kafrob tier: {tier.name} (source: {tier.source}, reference: {tier.reference}, "
             f"tolerance: {tier.tolerance} points)", f"kafrob device: {device}, precision: {precision}, data: {data}"]
@@ -36,3 +41,39 @@ def tier(request):
 @pytest.fixture(scope="session")
 def cifar():
     return load_cifar10()
+
+
+@pytest.fixture(scope="session")
+def strategy(request):
+    if not request.config.getoption("--data-parallel"):
+        return None
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) < 2:
+        pytest.exit(f"--data-parallel needs at least 2 visible GPUs, found {len(gpus)}", returncode=4)
+    return tf.distribute.MirroredStrategy()
+
+
+# (label, numerator test id, denominator test id) of the speed targets in the issues.
+RATIOS = [
+    *[(f"layer fwd+bwd {a}/relu", f"test_layer_forward_backward[{a}]", "test_layer_forward_backward[relu]")
+      for a in ("kaf", "kaf_free")],
+    *[(f"{m} {mode} step kaf/relu", f"test_train_step[{mode}-kaf-{m}]", f"test_train_step[{mode}-relu-{m}]")
+      for m in ("resnet20", "vgg") for mode in ("fbf", "clean")],
+    *[(f"{m} {a} step fbf/clean", f"test_train_step[fbf-{a}-{m}]", f"test_train_step[clean-{a}-{m}]")
+      for m in ("resnet20", "vgg") for a in ("relu", "kaf")],
+    ("PGD-10 art/kafrob", "test_pgd10_resnet20[art]", "test_pgd10_resnet20[kafrob]"),
+]
+
+
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    speed = sys.modules.get("test_speed") or sys.modules.get("benchmark.test_speed")
+    medians, peaks = getattr(speed, "MEDIANS", {}), getattr(speed, "PEAK_MIB", {})
+    rows = [(label, medians[a] / medians[b]) for label, a, b in RATIOS if a in medians and b in medians]
+    rows += [(f"{label.replace('step', 'peak memory')}", peaks[a] / peaks[b]) for label, a, b in RATIOS
+             if "kaf/relu" in label and "step" in label and a in peaks and b in peaks and peaks[b] > 0]
+    if rows:
+        terminalreporter.section("kafrob speed ratios (medians)")
+        for label, ratio in rows:
+            terminalreporter.write_line(f"{label:32s} {ratio:6.2f}")

@@ -14,11 +14,11 @@ from kafrob.experiments import EXPERIMENTS
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e.id for e in EXPERIMENTS])
-def test_thesis_row(experiment, tier, cifar):
+def test_thesis_row(experiment, tier, cifar, strategy):
     if tier.source == "thesis-checkpoint" and experiment.model != "resnet20":
         pytest.skip("the thesis released ResNet20 checkpoints only")
     try:
-        m = run_case(experiment, tier, cifar)
+        m = run_case(experiment, tier, cifar, strategy=strategy)
     except CheckpointError as exc:
         pytest.skip(f"released checkpoint not available here: {exc}")
     atomic.write_json(runs_dir() / "measurements" / tier.name / f"{experiment.id}.json", m.to_dict())

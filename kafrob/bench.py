@@ -19,6 +19,11 @@ from kafrob.train import build_for, train
 
 REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference_results"
 METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_robustness"))
+# Suite references also pin the last epoch's mean FBF training loss: at the smoke budget several models
+# are still near chance accuracy, where a broken KAF gradient or data pipeline would not move the
+# accuracies, but it moves the loss trajectory. CPU runs are seeded, so the loss repeats to ~1e-6 on
+# one machine; the tolerance allows other CPUs' rounding.
+LOSS_TOLERANCE = 0.02
 
 
 def runs_dir() -> Path:
@@ -32,7 +37,8 @@ def environment() -> dict:
             "device": f"{len(gpus)} GPU" if gpus else "CPU", "cpus": os.cpu_count()}
 
 
-def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True) -> keras.Model:
+def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
+                 strategy: tf.distribute.Strategy | None = None) -> keras.Model:
     """Train (or reuse the cached training of the same config), or load the released thesis model."""
     if tier.source == "thesis-checkpoint":
         if e.model != "resnet20":
@@ -40,18 +46,24 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
         from kafrob.checkpoints import load_thesis_model
 
         return load_thesis_model(e.activation)
+    return _trained(e, tier, data, seed=seed, progress=progress, strategy=strategy)[0]
+
+
+def _trained(e: Experiment, tier: Tier, data: Cifar10, *, seed: int, progress: bool,
+             strategy: tf.distribute.Strategy | None) -> tuple[keras.Model, list[dict]]:
     config = tier.train_config(e, seed)
     run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}"
     weights = run_dir / "final.weights.h5"
     if weights.exists():
         model = build_for(config, "float32")
         model.load_weights(weights)
-        return model
-    result = train(config, data, run_dir, resume=(run_dir / "checkpoint.npz").exists(), progress=progress)
+        return model, json.loads((run_dir / "history.json").read_text())["history"]
+    result = train(config, data, run_dir, resume=(run_dir / "checkpoint.npz").exists(), progress=progress,
+                   strategy=strategy)
     tmp = run_dir / "final.tmp.weights.h5"
     result.model.save_weights(tmp)
     os.replace(tmp, weights)
-    return result.model
+    return result.model, result.history
 
 
 @dataclass
@@ -65,23 +77,31 @@ class Measurement:
     n_clean: int
     n_robust: int
     seconds: float
+    train_loss: float | None = None  # last epoch's mean training loss; None for released checkpoints
 
     def to_dict(self) -> dict:
         return dict(self.__dict__, clean_interval=list(self.clean_interval), robust_interval=list(self.robust_interval))
 
 
-def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True) -> Measurement:
+def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
+             strategy: tf.distribute.Strategy | None = None) -> Measurement:
+    """Obtain the model (``strategy``: data-parallel training), evaluate it, save per-example results."""
     import time
 
     start = time.time()
-    model = obtain_model(e, tier, data, seed=seed, progress=progress)
-    result = evaluate(model, data, n=tier.test_images, clean_n=tier.clean_images, attack=tier.attack, seed=seed,
+    history: list[dict] = []
+    if tier.source == "thesis-checkpoint":
+        model = obtain_model(e, tier, data, seed=seed, progress=progress)
+    else:
+        model, history = _trained(e, tier, data, seed=seed, progress=progress, strategy=strategy)
+    clean_n = tier.clean_images if tier.clean_images is not None else len(data.y_test)  # None: all of them
+    result = evaluate(model, data, n=tier.test_images, clean_n=clean_n, attack=tier.attack, seed=seed,
                       run_attack=our_pgd if tier.jit_compile else our_pgd_eager_graph, progress=progress)
     result.save(runs_dir() / "results" / tier.name / e.id)
     pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
     return Measurement(e.id, tier.name, 100 * result.clean_accuracy, 100 * result.robust_accuracy,
                        pct(result.clean_interval), pct(result.robust_interval), len(result.clean_indices),
-                       result.n, time.time() - start)
+                       result.n, time.time() - start, history[-1]["loss"] if history else None)
 
 
 def reference_file(tier: Tier) -> Path:
@@ -89,7 +109,7 @@ def reference_file(tier: Tier) -> Path:
 
 
 def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
-    """The two numbers a case is held to: the thesis table, or this suite's stored measurement."""
+    """The numbers a case is held to: the thesis table, or this suite's stored measurement (+ its loss)."""
     if tier.reference == "thesis":
         return {m: getattr(e, t) for m, t in METRICS}
     path = reference_file(tier)
@@ -98,7 +118,10 @@ def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
     rows = json.loads(path.read_text())["results"]
     if e.id not in rows:
         raise KeyError(f"{path} has no row {e.id}; regenerate the {tier.name} references")
-    return {m: rows[e.id][m] for m, _ in METRICS}
+    expected = {m: rows[e.id][m] for m, _ in METRICS}
+    if rows[e.id].get("train_loss") is not None:
+        expected["train_loss"] = rows[e.id]["train_loss"]
+    return expected
 
 
 def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
@@ -106,6 +129,11 @@ def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
     failures = []
     for metric, expected in expected_values(e, tier).items():
         measured = getattr(m, metric)
+        if metric == "train_loss":
+            if measured is None or abs(measured - expected) > LOSS_TOLERANCE:
+                failures.append(f"{e.id} train_loss: measured {measured}, expected {expected:.4f} (suite), "
+                                f"allowed +-{LOSS_TOLERANCE}: the training trajectory changed")
+            continue
         lo, hi = getattr(m, metric.replace("accuracy", "interval"))
         allowed = tier.tolerance + ((hi - lo) / 2 if tier.reference == "thesis" else 0.0)
         if abs(measured - expected) > allowed:
@@ -138,7 +166,7 @@ def scatter_png(measurements: list[Measurement], title: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, model in zip(axes, ("vgg", "resnet20")):
+    for ax, model in zip(axes, ("vgg", "resnet20"), strict=True):
         for m in measurements:
             e = next(x for x in EXPERIMENTS if x.id == m.case)
             if e.model != model:

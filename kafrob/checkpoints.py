@@ -118,17 +118,21 @@ def fetch(activation: str, path: str | os.PathLike | None = None, *, download: b
     if path is not None:
         return _verify(Path(path), entry.sha256)
     env = os.environ.get(ENV_VAR)
-    if env:
-        candidate = Path(env) / entry.filename
-        if not candidate.is_file():
-            raise CheckpointError(f"{candidate} not found; {ENV_VAR} must hold the released zips")
+    candidate = Path(env) / entry.filename if env else None
+    if candidate is not None and candidate.is_file():
         return _verify(candidate, entry.sha256)
+    # A checkpoint folder may hold only some of the zips (../shared has five): the others come from
+    # the cache or the download, and the error says where it looked.
     cached = cache_dir() / entry.filename
     if cached.is_file():
         return _verify(cached, entry.sha256)
+    looked = f"not in {candidate.parent} ({ENV_VAR}) nor the cache" if candidate else "not cached"
     if not download:
-        raise CheckpointError(f"{entry.filename} is not cached; set {ENV_VAR} or allow the download")
-    return _download(entry, cached)
+        raise CheckpointError(f"{entry.filename} is {looked}; put it in {ENV_VAR} or allow the download")
+    try:
+        return _download(entry, cached)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{entry.filename} is {looked}, and {exc}") from exc
 
 
 def _safe_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -226,7 +230,7 @@ def import_resnet20(saved_model_dir: str | os.PathLike, activation: str, *,
                               f"has {len(layers)}: wrong activation for this file?")
     for i, layer in enumerate(layers):
         values = _thesis_weights(layer, reader, f"layer_with_weights-{i}")
-        for var, value in zip(layer.weights, values):
+        for var, value in zip(layer.weights, values, strict=True):
             if tuple(var.shape) != value.shape:
                 raise CheckpointError(f"layer {layer.name}: shape {value.shape} in the checkpoint, {var.shape} here")
             var.assign(value)

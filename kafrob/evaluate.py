@@ -59,12 +59,12 @@ def test_indices(data: Cifar10, n: int | None, seed: int = 0) -> np.ndarray:
     return stratified_indices(data.y_test, n // 10, seed)
 
 
-def our_pgd(model, x, y, config: PGDConfig, seed: int, jit_compile: bool = True) -> np.ndarray:
+def our_pgd(model, x, y, config: PGDConfig, seed: int, jit_compile: bool | None = None) -> np.ndarray:
     return pgd_attack(model, x, y, config, seed=seed, jit_compile=jit_compile)[0]
 
 
 def our_pgd_eager_graph(model, x, y, config: PGDConfig, seed: int) -> np.ndarray:
-    """Our PGD without XLA: slower steps, much faster to compile (small CPU runs of KAF models)."""
+    """Our PGD without XLA on any device: quick to build (small runs of KAF models)."""
     return our_pgd(model, x, y, config, seed, jit_compile=False)
 
 

@@ -49,32 +49,81 @@ def fgsm_random_start(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.T
 
 def make_train_step(
     model: keras.Model, optimizer: keras.optimizers.Optimizer, config: FBFConfig = FBFConfig(), *,
-    jit_compile: bool = True,
+    jit_compile: bool = True, strategy: tf.distribute.Strategy | None = None,
 ):
     """A compiled ``step(x, y, seed) -> {loss, accuracy, finite}``.
 
     Non-finite losses or gradients are not applied (the weights stay as they were) and reported through
     ``finite``, so the caller can stop with an error that names the step. With a LossScaleOptimizer
     (mixed precision) non-finite gradients are the optimizer's business and only the loss is checked.
+
+    With a multi-replica ``strategy`` (data parallel, e.g. MirroredStrategy over several GPUs) ``x`` and
+    ``y`` are distributed batches: each replica attacks and differentiates its share, the optimizer
+    sums the gradients across replicas (so each replica's loss is divided by their number) and each
+    replica draws its own random start. Model and optimizer must have been built in ``strategy.scope()``.
+
+    The batch dimension is traced as unknown, so a smaller last batch does not trace the step again.
     """
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
 
-    def step(x, y, seed):
+    def gradients(x, y, seed):
+        """Everything but the update: the part XLA compiles, also inside each replica."""
         x_train = fgsm_random_start(model, x, y, seed, config) if config.adversarial else x
-        variables = model.trainable_variables
         with tf.GradientTape() as tape:
             logits = model(x_train, training=True)
             data_loss = cross_entropy(y, logits)
             loss = data_loss + tf.add_n([tf.cast(r, tf.float32) for r in model.losses]) if model.losses else data_loss
-            target = optimizer.scale_loss(loss) if scaled else loss
-        grads = tape.gradient(target, variables)
+            target = loss / replicas
+            target = optimizer.scale_loss(target) if scaled else target
+        grads = tape.gradient(target, model.trainable_variables)
         finite = tf.math.is_finite(loss)
         if not scaled:
             for g in grads:
                 finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(g)))
             grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-        optimizer.apply(grads, variables)
         correct = tf.equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(y, tf.int32))
-        return {"loss": data_loss, "accuracy": tf.reduce_mean(tf.cast(correct, tf.float32)), "finite": finite}
+        return grads, data_loss, tf.reduce_mean(tf.cast(correct, tf.float32)), finite
 
-    return tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
+    if replicas == 1:
+        def step(x, y, seed):
+            grads, loss, accuracy, finite = gradients(x, y, seed)
+            optimizer.apply(grads, model.trainable_variables)
+            return {"loss": loss, "accuracy": accuracy, "finite": finite}
+
+        return _traced_once(step, jit_compile)
+
+    # The gradient all-reduce is a synchronisation point, which may not sit inside a nested
+    # tf.function: each replica runs the compiled gradients, the update happens outside them.
+    compiled_gradients = tf.function(gradients, jit_compile=jit_compile)
+
+    def replica_step(x, y, seed):
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+        grads, loss, accuracy, finite = compiled_gradients(x, y, seed + tf.stack([replica * 1_000_003,
+                                                                                   tf.constant(0, tf.int64)]))
+        optimizer.apply(grads, model.trainable_variables)
+        return loss, accuracy, tf.cast(tf.logical_not(finite), tf.int32)
+
+    @tf.function
+    def distributed(x, y, seed):
+        loss, accuracy, broken = strategy.run(replica_step, args=(x, y, seed))
+        mean = lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)  # noqa: E731
+        broken = strategy.reduce(tf.distribute.ReduceOp.SUM, broken, axis=None)  # replicas with a bad step
+        return {"loss": mean(loss), "accuracy": mean(accuracy), "finite": broken == 0}
+
+    return distributed
+
+
+def _traced_once(step, jit_compile: bool):
+    """``tf.function(step)`` whose signature, fixed at the first call, leaves the batch size open."""
+    compiled = None
+
+    def call(x, y, seed):
+        nonlocal compiled
+        if compiled is None:
+            specs = [tf.TensorSpec([None, *x.shape[1:]], x.dtype), tf.TensorSpec([None], y.dtype),
+                     tf.TensorSpec([2], tf.int64)]
+            compiled = tf.function(step, jit_compile=jit_compile, input_signature=specs)
+        return compiled(x, y, seed)
+
+    return call

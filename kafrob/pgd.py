@@ -75,13 +75,22 @@ def _compiled_run(model: keras.Model, jit_compile: bool):
     return per_model[jit_compile]
 
 
+def default_jit() -> bool:
+    """XLA for the attack loop only on GPU: on CPU (TF 2.21, 2 cores) an XLA-compiled PGD-10 on 128
+    ResNet20-ReLU images took 14.9 s against 1.4 s for the same loop as a plain graph."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def pgd_attack(model: keras.Model, x, y, config: PGDConfig = PGDConfig(), *, seed: int = 0,
-               jit_compile: bool = True, on_restart=None) -> tuple[np.ndarray, np.ndarray]:
+               jit_compile: bool | None = None, on_restart=None) -> tuple[np.ndarray, np.ndarray]:
     """Attack one batch: returns (x_adv, fooled) where fooled[i] says some restart changed the label.
 
     ``y`` are the true labels; with label_mode 'predicted' the attack targets the model's clean
     predictions instead (the thesis's ART evaluation), and ``fooled`` is relative to those.
+    ``jit_compile=None`` uses XLA where it pays (``default_jit``).
     """
+    if jit_compile is None:
+        jit_compile = default_jit()
     x = tf.convert_to_tensor(x, tf.float32)
     y_true = tf.convert_to_tensor(y, tf.int32)
     y_attack = predict(model, x) if config.label_mode == "predicted" else y_true

@@ -6,6 +6,7 @@ A failed check is a warning sign of gradient masking or of a broken attack, not 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import keras
 import numpy as np
@@ -62,8 +63,8 @@ def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: floa
     curve = [_robust(model, x, y, PGDConfig(eps=e, step=max(e / 4, 1e-8) if e else 0.0,
                                             iterations=base.iterations, restarts=1), seed) for e in EPS_GRID]
     curve[0] = clean
-    checks.append(Check("robust accuracy non-increasing in eps", all(b <= a + 1e-9 for a, b in zip(curve, curve[1:])),
-                        ", ".join(f"{round(e * 255)}/255: {a:.3f}" for e, a in zip(EPS_GRID, curve))))
+    checks.append(Check("robust accuracy non-increasing in eps", all(b <= a + 1e-9 for a, b in pairwise(curve)),
+                        ", ".join(f"{round(e * 255)}/255: {a:.3f}" for e, a in zip(EPS_GRID, curve, strict=True))))
 
     large = _robust(model, x, y, PGDConfig(eps=large_eps, step=large_eps / 10, iterations=base.iterations,
                                            restarts=1), seed)

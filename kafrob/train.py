@@ -136,11 +136,15 @@ def _monitor_batch(data: Cifar10, train_idx: np.ndarray, n: int) -> tuple[np.nda
 
 
 def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+          progress: bool = True, on_step: Callable[[int, int], None] | None = None,
+          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train ``config`` in ``run_dir``; with ``resume=True`` continue after the last finished epoch.
 
     A checkpoint is written atomically after every epoch, so a killed run loses at most one epoch.
     ``on_step(epoch, step)`` is called after every step (tests use it to interrupt a run).
+    ``strategy`` (e.g. ``tf.distribute.MirroredStrategy()``) trains data-parallel: each global batch
+    of ``batch_size`` is split across the replicas. It is not part of the config's digest, but the
+    weights differ slightly from a single-device run (per-replica random starts and BatchNorm statistics).
     """
     _check_precision(config.precision)
     run_dir = Path(run_dir)
@@ -155,10 +159,13 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
     total_epochs = config.epochs + config.decay_epochs
 
     keras.utils.set_random_seed(config.seed)
-    model = build_for(config)
-    optimizer = _optimizer(config, steps_per_epoch)
-    optimizer.build(model.trainable_variables)
-    step_fn = make_train_step(model, optimizer, config.fbf, jit_compile=config.jit_compile)
+    distributed = strategy is not None and strategy.num_replicas_in_sync > 1
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = build_for(config)
+        optimizer = _optimizer(config, steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+    step_fn = make_train_step(model, optimizer, config.fbf, jit_compile=config.jit_compile,
+                              strategy=strategy if distributed else None)
 
     meta = {"digest": config.digest(), "config": config.to_dict(), "epoch": 0, "history": [],
             "overfitting_epochs": [], "stopped_early": False}
@@ -178,6 +185,8 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
         start, losses, accs = time.time(), [], []
         ds = train_dataset(x_train, y_train, batch_size=config.batch_size, seed=config.seed, epoch=epoch,
                            augment=config.augment)
+        if distributed:
+            ds = strategy.experimental_distribute_dataset(ds)
         for step, (xb, yb) in enumerate(ds):
             global_step = epoch * steps_per_epoch + step
             out = step_fn(xb, yb, tf.constant([config.seed, global_step], tf.int64))
@@ -196,7 +205,7 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
                   "lr": float(optimizer.learning_rate), "seconds": time.time() - start}
         if config.monitor_images:
             _, fooled = pgd_attack(model, monitor_x, monitor_y, monitor_cfg, seed=config.seed,
-                                   jit_compile=config.jit_compile)
+                                   jit_compile=None if config.jit_compile else False)
             record["monitor_pgd_accuracy"] = float(np.mean(~fooled))
             history = meta["history"]
             if history and "monitor_pgd_accuracy" in history[-1]:
@@ -206,7 +215,7 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
                     print(f"WARNING: catastrophic overfitting at epoch {epoch + 1}: PGD-5 accuracy on the "
                           f"monitor batch fell by {100 * drop:.1f} points")
                     if config.early_stop:
-                        for v, w in zip(model.variables, previous_weights):
+                        for v, w in zip(model.variables, previous_weights, strict=True):
                             v.assign(w)
                         meta["stopped_early"] = True
                         record["restored_previous_epoch"] = True

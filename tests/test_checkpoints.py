@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -72,10 +73,18 @@ def test_checksum_mismatch(tmp_path, monkeypatch):
 
 def test_missing_offline_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv(ck.ENV_VAR, str(tmp_path))
-    with pytest.raises(ck.CheckpointError, match=ck.ENV_VAR):
-        ck.fetch("elu")
-    monkeypatch.delenv(ck.ENV_VAR)
     monkeypatch.setenv(ck.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    with pytest.raises(ck.CheckpointError, match=f"not in {tmp_path}.*{ck.ENV_VAR}"):
+        ck.fetch("elu", download=False)
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(ck.urllib.request, "urlopen", offline)
+    with pytest.raises(ck.CheckpointError, match=f"cannot download .*{ck.ENV_VAR}"):
+        ck.fetch("elu")
+    assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file()], "a failed download leaves no file"
+    monkeypatch.delenv(ck.ENV_VAR)
     with pytest.raises(ck.CheckpointError, match=ck.ENV_VAR):
         ck.fetch("elu", download=False)
 

@@ -81,7 +81,7 @@ def test_stratified_and_pipeline(synthetic_cifar):
     a = [b[0].numpy() for b in train_dataset(data.x_train, data.y_train, batch_size=32, seed=0, epoch=1, augment=True)]
     b = [b[0].numpy() for b in train_dataset(data.x_train, data.y_train, batch_size=32, seed=0, epoch=1, augment=True)]
     assert [x.shape[0] for x in a] == [32, 32, 32, 4]
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert 0.0 <= a[0].min() and a[0].max() <= 1.0
 
 

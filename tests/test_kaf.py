@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kafrob.kaf import (KAF, default_gamma, dictionary_points, kaf_direct, kaf_reference, kaf_uniform,
-                        ridge_coefficients)
+from kafrob.kaf import KAF, default_gamma, dictionary_points, kaf_direct, kaf_reference, kaf_uniform, ridge_coefficients
 
 D, BOUNDARY = 20, 3.0
 STEP = 2 * BOUNDARY / (D - 1)
@@ -43,7 +42,7 @@ def test_uniform_kernel_matches_direct_formula(init):
     ours = kaf_uniform(tf.constant(x), tf.constant(coeffs), start=-BOUNDARY, step=STEP, gamma=GAMMA).numpy()
     ref = kaf_reference(x, coeffs, POINTS, GAMMA)
     # Relative to the size of the terms (a relative error on a cancelling sum is meaningless even for the
-    # direct float32 formula). 
+    # direct float32 formula).
     assert rel_error(ours, ref, scale(x, coeffs)) <= 1e-5
     inside = np.abs(x) <= BOUNDARY
     assert np.all(np.abs(ours[inside] - ref[inside]) <= 1e-6 * np.maximum(np.abs(ref[inside]), 1.0) * 72)
@@ -74,7 +73,8 @@ def _analytic_grads(x, coeffs, upstream, points, gamma):
 
 def test_uniform_kernel_gradients():
     rng = np.random.default_rng(4)
-    coeffs = np.tile(ridge_coefficients("swish"), (4, 1)).astype(np.float32) + rng.normal(0, .05, (4, D)).astype(np.float32)
+    coeffs = np.tile(ridge_coefficients("swish"), (4, 1)) + rng.normal(0, .05, (4, D))
+    coeffs = coeffs.astype(np.float32)
     x = wide_inputs(4, seed=5)
     upstream = rng.normal(size=x.shape).astype(np.float32)
     xt, ct = tf.constant(x), tf.constant(coeffs)
@@ -121,7 +121,7 @@ def test_direct_kernel_and_its_gradients():
     p64, g64 = points.astype(np.float64), gamma.astype(np.float64)
     assert rel_error(y, kaf_reference(x, coeffs, p64, g64), scale(x, coeffs, p64, g64)) <= 1e-5
     refs = _analytic_grads(x, coeffs.astype(np.float64), upstream, p64, g64)
-    for got, ref in zip(grads, refs):
+    for got, ref in zip(grads, refs, strict=True):
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-4 * np.max(np.abs(ref)))
 
 

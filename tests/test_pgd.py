@@ -11,16 +11,20 @@ from kafrob.evaluate import agreement, evaluate
 from kafrob.pgd import PGDConfig, pgd_attack, predict
 from kafrob.sanity import format_checks, sanity_checks
 
+
 @pytest.fixture(scope="module")
 def robust_model():
     """An FBF-trained ResNet20 (the thesis's released ReLU model), exact float32."""
     from pathlib import Path
 
-    from kafrob.checkpoints import extract, import_resnet20
+    from kafrob.checkpoints import CheckpointError, extract, fetch, import_resnet20
 
     zip_path = Path(__file__).resolve().parents[2] / "shared" / "thesis" / "checkpoints" / "resnet20_relu_ocrob_lrf.zip"
     if not zip_path.exists():
-        pytest.skip(f"{zip_path} not available")
+        try:  # $KAFROB_CHECKPOINT_DIR, the cache, or a verified download
+            zip_path = fetch("relu")
+        except CheckpointError as exc:
+            pytest.skip(f"released ReLU model not available: {exc}")
     return import_resnet20(extract(zip_path, Path(__file__).parent / ".cache"), "relu", thesis_precision=False)
 
 

@@ -17,7 +17,8 @@ def test_triangle_hits_min_max_min():
 
 def test_decay_phase_halves():
     s = OneCycle(0.01, 0.8, 100, decay_lr=0.01, decay_every=10)
-    assert [round(float(s(t)), 6) for t in (100, 109, 110, 125, 139, 140)] == [0.01, 0.01, 0.005, 0.0025, 0.00125, 0.000625]
+    steps = (100, 109, 110, 125, 139, 140)
+    assert [round(float(s(t)), 6) for t in steps] == [0.01, 0.01, 0.005, 0.0025, 0.00125, 0.000625]
 
 
 def test_config_round_trip():

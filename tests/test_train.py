@@ -58,7 +58,7 @@ def test_resume_is_bit_identical(cifar, tmp_path):
         train(cfg, cifar, tmp_path / "resumed", progress=False, on_step=kill_in_epoch_two)
     resumed = train(cfg, cifar, tmp_path / "resumed", resume=True, progress=False)
     assert len(resumed.history) == 2
-    for a, b in zip(_weights(straight.model), _weights(resumed.model)):
+    for a, b in zip(_weights(straight.model), _weights(resumed.model), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileExistsError, match="resume=True"):
         train(cfg, cifar, tmp_path / "straight", progress=False)
