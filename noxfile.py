@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -59,6 +60,9 @@ def full_gpu(session: nox.Session) -> None:
     Several GPUs: one case per GPU (pytest-xdist), or with `-- --data-parallel -k <case>` one case
     trained on all of them (tf.distribute.MirroredStrategy).
     """
+    if shutil.which("nvidia-smi") is None:  # before downloading gigabytes of CUDA wheels
+        session.error("full-gpu needs an NVIDIA GPU and driver (nvidia-smi not found); on CPU run "
+                      "`nox -s smoke` or `nox -s checkpoints`")
     _install(session, gpu=True)
     gpus = session.run("python", "-c", "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))",
                        silent=True, env=_env()).strip().splitlines()[-1]

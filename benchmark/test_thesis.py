@@ -8,12 +8,16 @@ from __future__ import annotations
 import pytest
 
 from kafrob import atomic
+from kafrob.activations import is_kaf
 from kafrob.bench import compare, run_case, runs_dir
 from kafrob.checkpoints import CheckpointError
 from kafrob.experiments import EXPERIMENTS
 
+# Costliest first (KAF ResNet20s, then KAF VGGs), so parallel workers (`-n 2`) finish together.
+CASES = sorted(EXPERIMENTS, key=lambda e: (e.model != "resnet20" or not is_kaf(e.activation), not is_kaf(e.activation)))
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[e.id for e in EXPERIMENTS])
+
+@pytest.mark.parametrize("experiment", CASES, ids=[e.id for e in CASES])
 def test_thesis_row(experiment, tier, cifar, strategy):
     if tier.source == "thesis-checkpoint" and experiment.model != "resnet20":
         pytest.skip("the thesis released ResNet20 checkpoints only")
