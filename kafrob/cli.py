@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def cmd_train(args) -> int:
     from kafrob.train import train
 
     result = train(_train_config(args), load_cifar10(args.data_dir), args.run_dir, resume=args.resume)
-    result.model.save(Path(args.run_dir) / "model.keras")
+    final = Path(args.run_dir) / "model.keras"
+    tmp = final.with_name("model.tmp.keras")  # Keras wants the suffix; the rename makes it atomic
+    result.model.save(tmp)
+    os.replace(tmp, final)
     print(json.dumps(result.history[-1], indent=2))
     return 0
 

@@ -156,6 +156,10 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
            if config.train_per_class else np.arange(len(data.y_train)))
     x_train, y_train = data.x_train[idx], data.y_train[idx]
     steps_per_epoch = math.ceil(len(idx) / config.batch_size)
+    if config.epochs * steps_per_epoch < 2:
+        raise ValueError(f"{len(idx)} images x {config.epochs} epoch(s) at batch {config.batch_size} is "
+                         f"{config.epochs * steps_per_epoch} step; the one-cycle schedule needs >= 2: use more "
+                         f"epochs or images, or a smaller batch")
     total_epochs = config.epochs + config.decay_epochs
 
     keras.utils.set_random_seed(config.seed)

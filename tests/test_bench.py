@@ -1,0 +1,67 @@
+"""The benchmark's judgement: comparisons with references, and all-or-nothing reference files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kafrob import bench
+from kafrob.experiments import BY_ID, get_tier
+
+
+def _measurement(case="resnet20-kaf", tier="checkpoints", clean=77.0, robust=50.0, loss=None, n=200):
+    half = 3.5
+    return bench.Measurement(case, tier, clean, robust, (clean - 0.8, clean + 0.8), (robust - half, robust + half),
+                             10000, n, 1.0, loss)
+
+
+def test_thesis_reference_allows_tolerance_plus_half_width():
+    e, tier = BY_ID["resnet20-kaf"], get_tier("checkpoints")
+    assert bench.compare(_measurement(clean=e.thesis_accuracy - 2.5, robust=e.thesis_robustness + 5.4), e, tier) == []
+    (failure,) = bench.compare(_measurement(clean=e.thesis_accuracy - 3.0, robust=e.thesis_robustness), e, tier)
+    assert "clean_accuracy: measured 75.08%" in failure and "expected 78.08%" in failure
+    assert "delta -3.00" in failure and "allowed +-2.80" in failure and "95% CI" in failure
+
+
+def test_suite_reference_pins_the_training_loss(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "REFERENCE_DIR", tmp_path)
+    e, tier = BY_ID["vgg-kaf"], get_tier("smoke")
+    with pytest.raises(FileNotFoundError, match="nox -s regenerate -- --tier smoke"):
+        bench.expected_values(e, tier)
+    row = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119, n=100).to_dict()
+    (tmp_path / "smoke.json").write_text(json.dumps({"results": {"vgg-kaf": row}}))
+    same = _measurement("vgg-kaf", "smoke", clean=11.0, robust=9.0, loss=2.3119 + 0.01, n=100)
+    assert bench.compare(same, e, tier) == []
+    drifted = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119 + 0.05, n=100)
+    (failure,) = bench.compare(drifted, e, tier)
+    assert "train_loss" in failure and "trajectory changed" in failure
+    with pytest.raises(KeyError, match="no row vgg-relu"):
+        bench.expected_values(BY_ID["vgg-relu"], tier)
+
+
+def test_references_are_written_all_or_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "REFERENCE_DIR", tmp_path)
+    tier = get_tier("smoke")
+    ms = [_measurement(c, "smoke", loss=2.3, n=100) for c in ("vgg-relu", "resnet20-kaf")]
+    written = bench.write_references(ms, tier)
+    assert sorted(p.suffix for p in written) == [".csv", ".json", ".md", ".png"]
+    before = {p.name: p.read_bytes() for p in written}
+    assert json.loads(before["smoke.json"])["results"]["resnet20-kaf"]["train_loss"] == 2.3
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(bench, "scatter_png", broken)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        bench.write_references([_measurement("vgg-relu", "smoke", clean=50.0, n=100)], tier)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_smoke_tier_overrides_lr_bounds_only():
+    smoke, full = get_tier("smoke"), get_tier("full")
+    e = BY_ID["vgg-kaf_free"]
+    assert (smoke.train_config(e).min_lr, smoke.train_config(e).max_lr) == smoke.lr_bounds
+    cfg = full.train_config(e)
+    assert (cfg.min_lr, cfg.max_lr, cfg.epochs, cfg.batch_size) == (e.min_lr, e.max_lr, 60, 128)
+    assert full.train_config(BY_ID["resnet20-kaf"]).decay_epochs == 20
