@@ -44,7 +44,7 @@ def slow(session: nox.Session) -> None:
 def smoke(session: nox.Session) -> None:
     """Every thesis case at the smoke tier (CPU), then the results table.
 
-    Two pytest-xdist workers: KAF cases spend most of their time tracing graphs in single-threaded
+    Two pytest-xdist workers: KAF cases spend about half their time building graphs in single-threaded
     Python, so two processes overlap that with each other's arithmetic (`-- -n 0` runs serially).
     """
     _install(session)
