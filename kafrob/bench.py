@@ -38,19 +38,17 @@ def environment() -> dict:
 
 
 def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
-                 strategy: tf.distribute.Strategy | None = None) -> keras.Model:
-    """Train (or reuse the cached training of the same config), or load the released thesis model."""
+                 strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, list[dict]]:
+    """Train (or reuse the cached training of the same config), or load the released thesis model.
+
+    Returns the model and its training history (per-epoch records; empty for released models).
+    """
     if tier.source == "thesis-checkpoint":
         if e.model != "resnet20":
             raise ValueError(f"the thesis released ResNet20 checkpoints only, not {e.id}")
         from kafrob.checkpoints import load_thesis_model
 
-        return load_thesis_model(e.activation)
-    return _trained(e, tier, data, seed=seed, progress=progress, strategy=strategy)[0]
-
-
-def _trained(e: Experiment, tier: Tier, data: Cifar10, *, seed: int, progress: bool,
-             strategy: tf.distribute.Strategy | None) -> tuple[keras.Model, list[dict]]:
+        return load_thesis_model(e.activation), []
     config = tier.train_config(e, seed)
     run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}"
     weights = run_dir / "final.weights.h5"
@@ -89,11 +87,7 @@ def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progres
     import time
 
     start = time.time()
-    history: list[dict] = []
-    if tier.source == "thesis-checkpoint":
-        model = obtain_model(e, tier, data, seed=seed, progress=progress)
-    else:
-        model, history = _trained(e, tier, data, seed=seed, progress=progress, strategy=strategy)
+    model, history = obtain_model(e, tier, data, seed=seed, progress=progress, strategy=strategy)
     clean_n = tier.clean_images if tier.clean_images is not None else len(data.y_test)  # None: all of them
     result = evaluate(model, data, n=tier.test_images, clean_n=clean_n, attack=tier.attack, seed=seed,
                       run_attack=our_pgd if tier.jit_compile else our_pgd_eager_graph, progress=progress)
