@@ -27,6 +27,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     return path
 
 
+def save_with(path: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
+    """Atomic ``save(path)`` for writers that take a path (Keras' ``save``/``save_weights``, which also
+    check the file's suffix): save to ``.tmp-<name>`` beside it, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -58,9 +58,7 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
         return model, json.loads((run_dir / "history.json").read_text())["history"]
     result = train(config, data, run_dir, resume=(run_dir / "checkpoint.npz").exists(), progress=progress,
                    strategy=strategy)
-    tmp = run_dir / "final.tmp.weights.h5"
-    result.model.save_weights(tmp)
-    os.replace(tmp, weights)
+    atomic.save_with(weights, result.model.save_weights)
     return result.model, result.history
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -43,10 +42,9 @@ def cmd_train(args) -> int:
     from kafrob.train import train
 
     result = train(_train_config(args), load_cifar10(args.data_dir), args.run_dir, resume=args.resume)
-    final = Path(args.run_dir) / "model.keras"
-    tmp = final.with_name("model.tmp.keras")  # Keras wants the suffix; the rename makes it atomic
-    result.model.save(tmp)
-    os.replace(tmp, final)
+    from kafrob import atomic
+
+    atomic.save_with(Path(args.run_dir) / "model.keras", result.model.save)
     print(json.dumps(result.history[-1], indent=2))
     return 0
 
