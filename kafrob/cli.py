@@ -141,18 +141,16 @@ def cmd_regenerate(args) -> int:
         if tier.source == "train" and missing:
             print(f"no {tier.name} measurement of {', '.join(missing)} (run the benchmark first)", file=sys.stderr)
             return 1
-        for path in write_references(measurements, tier):
-            print(f"wrote {path}")
-        return 0
-    data = load_cifar10(args.data_dir)
-    from kafrob.checkpoints import CheckpointError
+    else:
+        from kafrob.checkpoints import CheckpointError
 
-    measurements = []
-    for e in cases:  # any failure raises before anything is written
-        try:
-            measurements.append(run_case(e, tier, data))
-        except CheckpointError as exc:  # released models only: a row without its file is left out, loudly
-            print(f"SKIPPED {e.id}: {exc}", file=sys.stderr)
+        data = load_cifar10(args.data_dir)
+        measurements = []
+        for e in cases:  # any failure raises before anything is written
+            try:
+                measurements.append(run_case(e, tier, data))
+            except CheckpointError as exc:  # released models only: a row without its file is left out, loudly
+                print(f"SKIPPED {e.id}: {exc}", file=sys.stderr)
     for path in write_references(measurements, tier):
         print(f"wrote {path}")
     return 0
