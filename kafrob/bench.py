@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -17,7 +18,8 @@ from kafrob.evaluate import evaluate, our_pgd, our_pgd_eager_graph
 from kafrob.experiments import EXPERIMENTS, Experiment, Tier
 from kafrob.train import build_for, train
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference_results"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REFERENCE_DIR = PACKAGE_DIR.parent / "reference_results"
 METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_robustness"))
 # Suite references also pin the last epoch's mean FBF training loss: at the smoke budget several models
 # are still near chance accuracy, where a broken KAF gradient or data pipeline would not move the
@@ -30,6 +32,18 @@ def runs_dir() -> Path:
     return Path(os.environ.get("KAFROB_RUNS_DIR", "runs"))
 
 
+def code_version(root: Path = PACKAGE_DIR) -> str:
+    """Fingerprint of the kafrob sources and the TensorFlow/Keras versions.
+
+    Part of the trained-model cache key: a cached model is reused only by the code that trained it, so a
+    change to (say) the KAF kernels retrains instead of silently re-measuring the old weights.
+    """
+    h = hashlib.sha256(f"{tf.__version__} {keras.__version__}".encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def environment() -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
@@ -39,7 +53,7 @@ def environment() -> dict:
 
 def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
                  strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, list[dict]]:
-    """Train (or reuse the cached training of the same config), or load the released thesis model.
+    """Train (or reuse the cached training of the same config and code), or load the released thesis model.
 
     Returns the model and its training history (per-epoch records; empty for released models).
     """
@@ -50,7 +64,7 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
 
         return load_thesis_model(e.activation), []
     config = tier.train_config(e, seed)
-    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}"
+    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}-{code_version()}"
     weights = run_dir / "final.weights.h5"
     if weights.exists():
         model = build_for(config, "float32")

@@ -65,3 +65,14 @@ def test_smoke_tier_overrides_lr_bounds_only():
     cfg = full.train_config(e)
     assert (cfg.min_lr, cfg.max_lr, cfg.epochs, cfg.batch_size) == (e.min_lr, e.max_lr, 60, 128)
     assert full.train_config(BY_ID["resnet20-kaf"]).decay_epochs == 20
+
+
+def test_trained_model_cache_key_follows_the_code(tmp_path):
+    (tmp_path / "kaf.py").write_text("GAMMA = 1\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vgg.py").write_text("DEPTH = 3\n")
+    before = bench.code_version(tmp_path)
+    assert bench.code_version(tmp_path) == before
+    (tmp_path / "models" / "vgg.py").write_text("DEPTH = 4\n")
+    assert bench.code_version(tmp_path) != before
+    assert bench.code_version() != before  # the package's own sources

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kafrob import kaf
 from kafrob.kaf import KAF, default_gamma, dictionary_points, kaf_direct, kaf_reference, kaf_uniform, ridge_coefficients
 
 D, BOUNDARY = 20, 3.0
@@ -57,36 +58,61 @@ def test_uniform_kernel_values_near_direct_float32_relative():
     assert np.max(np.abs(ours - ref) / np.abs(ref)) <= 1e-6
 
 
-def _analytic_grads(x, coeffs, upstream, points, gamma):
+def _analytic_grads(x, coeffs, upstream, points, gamma, magnitude=False):
+    """Float64 gradients of sum(upstream * f) w.r.t. x, coeffs, points, gamma.
+
+    ``magnitude=True`` sums the absolute values of the same terms instead: the natural denominator for a
+    relative error of sums that can cancel.
+    """
+    absolute = np.abs if magnitude else (lambda v: v)
     x64 = np.asarray(x, np.float64)[..., None]
     gamma = np.asarray(gamma, np.float64)
     g = gamma[:, None] if gamma.ndim else gamma
     diff = x64 - points
     k = np.exp(-g * diff**2)
-    u = np.asarray(upstream, np.float64)[..., None]
-    dx = (u * coeffs * k * (-2 * g * diff)).sum(-1)
+    u = absolute(np.asarray(upstream, np.float64)[..., None])
+    a, d = absolute(np.asarray(coeffs, np.float64)), absolute(diff)
+    dx = (u * a * k * (2 if magnitude else -2) * g * d).sum(-1)
     dcoeffs = (u * k).reshape(-1, *coeffs.shape).sum(0)
-    dpoints = (u * coeffs * k * 2 * g * diff).reshape(-1, *coeffs.shape).sum(0)
-    dgamma = (u * coeffs * k * -(diff**2)).sum(-1).reshape(-1, coeffs.shape[0]).sum(0)
+    dpoints = (u * a * k * 2 * g * d).reshape(-1, *coeffs.shape).sum(0)
+    dgamma = (u * a * k * (diff**2 if magnitude else -(diff**2))).sum(-1).reshape(-1, coeffs.shape[0]).sum(0)
     return dx, dcoeffs, dpoints, dgamma
 
 
-def test_uniform_kernel_gradients():
+def gradients_in(mode: str, fn, args, upstream):
+    """Gradients of fn(*args) run eagerly, as a graph, or XLA-compiled (what training uses)."""
+    def run(args, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            y = fn(*args)
+        return y, tape.gradient(y, args, output_gradients=upstream)
+
+    if mode != "eager":
+        run = tf.function(run, jit_compile=mode == "xla")
+    return run([tf.constant(a) for a in args], tf.constant(upstream))
+
+
+MODES = ["eager", "graph", "xla"]
+# The parameter gradients accumulate over chunks of rows: one chunk, or many with a padded last one.
+CHUNKS = [pytest.param(1 << 18, id="one-chunk"), pytest.param(1 << 10, id="193-chunks")]
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("mode", MODES)
+def test_uniform_kernel_gradients(mode, chunk, monkeypatch):
+    monkeypatch.setattr(kaf, "CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(4)
     coeffs = np.tile(ridge_coefficients("swish"), (4, 1)) + rng.normal(0, .05, (4, D))
     coeffs = coeffs.astype(np.float32)
     x = wide_inputs(4, seed=5)
     upstream = rng.normal(size=x.shape).astype(np.float32)
-    xt, ct = tf.constant(x), tf.constant(coeffs)
-    with tf.GradientTape() as tape:
-        tape.watch([xt, ct])
-        y = kaf_uniform(xt, ct, start=-BOUNDARY, step=STEP, gamma=GAMMA)
-    dx, dc = tape.gradient(y, [xt, ct], output_gradients=tf.constant(upstream))
-    ref_dx, ref_dc, _, _ = _analytic_grads(x, coeffs.astype(np.float64), upstream, POINTS, GAMMA)
-    slope_scale = kaf_reference(x, np.abs(coeffs), POINTS, GAMMA) * (1 + np.abs(x)) * 2 * GAMMA * np.abs(upstream)
-    assert rel_error(dx, ref_dx, slope_scale) <= 1e-5
-    dc_scale = (np.abs(upstream)[..., None] * np.exp(-GAMMA * (x[..., None] - POINTS) ** 2)).sum(0)
-    assert rel_error(dc, ref_dc, dc_scale) <= 1e-5
+    y, (dx, dc) = gradients_in(mode, lambda x, c: kaf_uniform(x, c, start=-BOUNDARY, step=STEP, gamma=GAMMA),
+                               [x, coeffs], upstream)
+    assert rel_error(y, kaf_reference(x, coeffs, POINTS, GAMMA), scale(x, coeffs)) <= 1e-5
+    refs = _analytic_grads(x, coeffs, upstream, POINTS, GAMMA)[:2]
+    scales = _analytic_grads(x, coeffs, upstream, POINTS, GAMMA, magnitude=True)[:2]
+    for got, ref, size in zip((dx, dc), refs, scales, strict=True):
+        assert rel_error(got, ref, size) <= 1e-5
 
 
 def test_finite_differences():
@@ -105,7 +131,10 @@ def test_finite_differences():
     np.testing.assert_allclose(dx, fd.ravel(), rtol=1e-4, atol=1e-4)
 
 
-def test_direct_kernel_and_its_gradients():
+@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("mode", MODES)
+def test_direct_kernel_and_its_gradients(mode, chunk, monkeypatch):
+    monkeypatch.setattr(kaf, "CHUNK_ELEMENTS", chunk)
     rng = np.random.default_rng(6)
     c = 3
     coeffs = rng.normal(0, 0.3, (c, D)).astype(np.float32)
@@ -113,16 +142,13 @@ def test_direct_kernel_and_its_gradients():
     gamma = (GAMMA * rng.uniform(0.8, 1.2, c)).astype(np.float32)
     x = wide_inputs(c, seed=7)
     upstream = rng.normal(size=x.shape).astype(np.float32)
-    args = [tf.constant(v) for v in (x, coeffs, points, gamma)]
-    with tf.GradientTape() as tape:
-        tape.watch(args)
-        y = kaf_direct(*args)
-    grads = tape.gradient(y, args, output_gradients=tf.constant(upstream))
+    y, grads = gradients_in(mode, kaf_direct, [x, coeffs, points, gamma], upstream)
     p64, g64 = points.astype(np.float64), gamma.astype(np.float64)
     assert rel_error(y, kaf_reference(x, coeffs, p64, g64), scale(x, coeffs, p64, g64)) <= 1e-5
-    refs = _analytic_grads(x, coeffs.astype(np.float64), upstream, p64, g64)
-    for got, ref in zip(grads, refs, strict=True):
-        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-4 * np.max(np.abs(ref)))
+    refs = _analytic_grads(x, coeffs, upstream, p64, g64)
+    scales = _analytic_grads(x, coeffs, upstream, p64, g64, magnitude=True)
+    for got, ref, size in zip(grads, refs, scales, strict=True):  # x, coefficients, dictionary, gamma
+        assert rel_error(got, ref, size) <= 1e-5
 
 
 @pytest.mark.parametrize("target", ["relu", "elu", "swish"])
@@ -199,6 +225,28 @@ def test_mixed_precision_matches_float32():
     assert rel_error(y32, kaf_reference(x, coeffs, POINTS, GAMMA), scale(x, coeffs)) <= 1e-5
 
 
+@pytest.mark.parametrize("free", [False, True], ids=["kaf", "kaf_free"])
+def test_mixed_precision_gradients_match_float32(free):
+    x = np.random.default_rng(9).normal(0, 2, (8, 5, 5, 6)).astype(np.float16)
+    layers = [KAF(init="elu", trainable_dictionary=free, dtype=policy) for policy in ("float32", "mixed_float16")]
+    layers[0](x.astype(np.float32))
+    layers[1](x)
+    layers[1].set_weights(layers[0].get_weights())
+    grads = []
+    for layer, inputs in zip(layers, (x.astype(np.float32), x), strict=True):
+        inputs = tf.constant(inputs)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            y = tf.reduce_sum(tf.cast(layer(inputs), tf.float32))
+        grads.append(tape.gradient(y, [inputs, *layer.trainable_weights]))
+    assert grads[1][0].dtype == tf.float16 and all(g.dtype == tf.float32 for g in grads[1][1:])
+    for g32, g16 in zip(*grads, strict=True):
+        g32, g16 = np.asarray(g32, np.float64), np.asarray(g16, np.float64)
+        # Parameters get float32 gradients from float32 kernels; the input gradient is rounded to float16.
+        np.testing.assert_allclose(g16, g32, rtol=2e-3, atol=2e-3 * np.max(np.abs(g32)))
+
+
 def test_unknown_init_is_rejected():
     with pytest.raises(ValueError, match="known: random, relu, elu, swish"):
         KAF(init="tanh")
+
