@@ -24,6 +24,7 @@ from kafrob.activations import set_thesis_float16
 from kafrob.kaf import KAF
 from kafrob.models import resnet20
 from kafrob.models.resnet20 import layer_names
+from kafrob.thesis_arithmetic import with_thesis_arithmetic
 
 ENV_VAR = "KAFROB_CHECKPOINT_DIR"
 CACHE_ENV_VAR = "KAFROB_CACHE_DIR"
@@ -210,8 +211,9 @@ def import_resnet20(saved_model_dir: str | os.PathLike, activation: str, *,
                     thesis_precision: bool = True) -> keras.Model:
     """Build kafrob's ResNet20 for ``activation`` and load the thesis SavedModel's weights into it.
 
-    ``thesis_precision`` (default) computes as the released models do: mixed_float16 layers and the
-    thesis's float16 KAF formula. That matters for ridge-initialised KAFs (kaf_relu), whose large
+    ``thesis_precision`` (default) computes as the released models do: mixed_float16 layers, the
+    thesis's float16 KAF formula, and tf.keras 2.3's batch-norm and pooling kernels
+    (``kafrob.thesis_arithmetic``). That matters for ridge-initialised KAFs (kaf_relu), whose large
     alternating coefficients amplify float16 rounding; with False the model is exact float32.
     """
     reader = tf.train.load_checkpoint(str(Path(saved_model_dir) / "variables" / "variables"))
@@ -222,6 +224,8 @@ def import_resnet20(saved_model_dir: str | os.PathLike, activation: str, *,
     finally:
         keras.config.set_dtype_policy(previous)
     set_thesis_float16(model, thesis_precision)
+    if thesis_precision:
+        model = with_thesis_arithmetic(model)
     layers = [model.get_layer(n) for n in layer_names()]
     layers = [layer for layer in layers if layer.weights]
     available = {k.split("/")[0] for k in reader.get_variable_to_shape_map() if k.startswith("layer_with_weights-")}
