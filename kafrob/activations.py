@@ -20,14 +20,6 @@ ACTIVATIONS: dict[str, Callable[..., keras.layers.Layer]] = {
 }
 
 
-def set_thesis_float16(model: keras.Model, enabled: bool = True) -> keras.Model:
-    """Switch every KAF layer of a built model to (or from) the thesis's float16 computation."""
-    for layer in model.layers:
-        if isinstance(layer, KAF):
-            layer.thesis_float16 = enabled
-    return model
-
-
 def check_activation(name: str) -> str:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")

@@ -20,7 +20,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob.activations import set_thesis_float16
 from kafrob.kaf import KAF
 from kafrob.models import resnet20
 from kafrob.models.resnet20 import layer_names
@@ -223,7 +222,6 @@ def import_resnet20(saved_model_dir: str | os.PathLike, activation: str, *,
         model = resnet20(activation)
     finally:
         keras.config.set_dtype_policy(previous)
-    set_thesis_float16(model, thesis_precision)
     if thesis_precision:
         model = with_thesis_arithmetic(model)
     layers = [model.get_layer(n) for n in layer_names()]

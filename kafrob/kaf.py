@@ -149,17 +149,12 @@ def _mirrored_terms(x, lower, v, size: int, start: float, step: float, gamma: fl
         yield j, t, k
 
 
-def _uniform_setup(x, size: int, start: float, step: float):
-    position = (x - start) / step
-    lower = position <= 0.5 * (size - 1)
-    v = tf.where(lower, position, (size - 1) - position)
-    return lower, v
-
-
 def _uniform_sum(x, coeffs, start: float, step: float, gamma: float, slope: bool) -> tf.Tensor:
     """f(x) = sum_j a_j k_j(x) or, with ``slope``, f'(x) = -2 gamma sum_j a_j (x - d_j) k_j(x): one fused pass."""
     size = coeffs.shape[-1]
-    lower, v = _uniform_setup(x, size, start, step)
+    position = (x - start) / step
+    lower = position <= 0.5 * (size - 1)
+    v = tf.where(lower, position, (size - 1) - position)
     mirrored = tf.reverse(coeffs, axis=[-1])
     total = tf.zeros_like(x)
     for j, t, k in _mirrored_terms(x, lower, v, size, start, step, gamma):

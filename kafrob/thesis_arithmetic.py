@@ -7,13 +7,16 @@ Measured layer by layer against the kaf_relu SavedModel on 256 test images: ever
 and KAF output is bit-identical, but ~0.04% of batch-norm outputs and ~48% of pooled features differ in
 the last float16 bit, which flips 0.8% of that model's predictions (its ridge-initialised KAF
 coefficients, |a| ~ 70 with alternating signs, amplify rounding). These layers call the same TensorFlow
-kernels as the thesis models did, at inference; training behaves as the Keras 3 base classes.
+kernels as the thesis models did, at inference; training behaves as the Keras 3 base classes. KAF
+layers switch to the thesis's float16 formula (``KAF(thesis_float16=True)``).
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from kafrob.kaf import KAF
 
 
 @keras.saving.register_keras_serializable(package="kafrob")
@@ -24,11 +27,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         channel_axis = self.axis if self.axis >= 0 else len(inputs.shape) + self.axis
         if training or mask is not None or len(inputs.shape) != 4 or channel_axis != 3:
             return super().call(inputs, training=training, mask=mask)
-        ones = tf.ones(inputs.shape[-1], tf.float32)
+        channels = inputs.shape[-1]
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             inputs,
-            tf.cast(self.gamma.value, tf.float32) if self.scale else ones,
-            tf.cast(self.beta.value, tf.float32) if self.center else 0.0 * ones,
+            tf.cast(self.gamma.value, tf.float32) if self.scale else tf.ones(channels),
+            tf.cast(self.beta.value, tf.float32) if self.center else tf.zeros(channels),
             mean=tf.cast(self.moving_mean.value, tf.float32),
             variance=tf.cast(self.moving_variance.value, tf.float32),
             epsilon=self.epsilon,
@@ -53,9 +56,12 @@ _REPLACEMENTS = {
 
 
 def with_thesis_arithmetic(model: keras.Model) -> keras.Model:
-    """A copy of ``model`` (same layer names, fresh weights) whose BN and pooling round like tf.keras 2.3."""
+    """A copy of ``model`` (same layer names, fresh weights) that computes like the released thesis models."""
 
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
-        return _REPLACEMENTS.get(type(layer), type(layer)).from_config(layer.get_config())
+        config = layer.get_config()
+        if isinstance(layer, KAF):
+            config["thesis_float16"] = True
+        return _REPLACEMENTS.get(type(layer), type(layer)).from_config(config)
 
     return keras.models.clone_model(model, clone_function=clone)

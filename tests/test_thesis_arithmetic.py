@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kafrob.kaf import KAF
 from kafrob.models import resnet20
 from kafrob.thesis_arithmetic import FusedBatchNormalization, InputDtypeGlobalAveragePooling2D, with_thesis_arithmetic
 
@@ -61,3 +62,9 @@ def test_with_thesis_arithmetic_keeps_the_model():
     for cls in (FusedBatchNormalization, InputDtypeGlobalAveragePooling2D):
         layer = next(la for la in clone.layers if type(la) is cls)
         assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_with_thesis_arithmetic_switches_kafs_to_the_thesis_formula():
+    clone = with_thesis_arithmetic(resnet20("kaf"))
+    kafs = [layer for layer in clone.layers if isinstance(layer, KAF)]
+    assert len(kafs) == 19 and all(layer.thesis_float16 for layer in kafs)
