@@ -94,7 +94,7 @@ def gradients_in(mode: str, fn, args, upstream):
 
 MODES = ["eager", "graph", "xla"]
 # The parameter gradients accumulate over chunks of rows: one chunk, or many with a padded last one.
-CHUNKS = [pytest.param(1 << 18, id="one-chunk"), pytest.param(1 << 10, id="193-chunks")]
+CHUNKS = [pytest.param(1 << 18, id="one-chunk"), pytest.param(1 << 10, id="many-chunks")]
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
