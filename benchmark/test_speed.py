@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kafrob import native
 from kafrob.activations import activation_layer
 from kafrob.fbf import FBFConfig, make_train_step
 from kafrob.models import build_model
@@ -21,6 +22,17 @@ from kafrob.pgd import PGDConfig, pgd_attack
 BATCH = 128
 MEDIANS: dict[str, float] = {}  # test id -> median seconds, read by conftest's ratio summary
 PEAK_MIB: dict[str, float] = {}  # test id -> peak allocator memory of one train step
+
+
+def _activation(name: str, monkeypatch) -> str:
+    """``kaf-portable``: the kaf layer on the portable TensorFlow kernels (what runs on a GPU, or without a
+    C++ compiler) instead of the compiled CPU ones."""
+    if name == "kaf-portable":
+        monkeypatch.setattr(native, "library", lambda: None)
+        return "kaf"
+    if name == "kaf" and native.library() is None:
+        pytest.skip("no compiled KAF kernels here: see the kaf-portable rows")
+    return name
 
 
 def _record(benchmark, request) -> None:
@@ -34,9 +46,9 @@ def _batch():
             tf.constant(rng.integers(0, 10, BATCH).astype(np.int32)))
 
 
-@pytest.mark.parametrize("activation", ["relu", "kaf", "kaf_free"])
-def test_layer_forward_backward(benchmark, request, activation):
-    layer = activation_layer(activation)
+@pytest.mark.parametrize("activation", ["relu", "kaf", "kaf-portable", "kaf_free"])
+def test_layer_forward_backward(benchmark, request, monkeypatch, activation):
+    layer = activation_layer(_activation(activation, monkeypatch))
     x = tf.random.normal((BATCH, 32, 32, 16))
     layer(x)
 
@@ -52,10 +64,10 @@ def test_layer_forward_backward(benchmark, request, activation):
 
 
 @pytest.mark.parametrize("model_name", ["resnet20", "vgg"])
-@pytest.mark.parametrize("activation", ["relu", "kaf"])
+@pytest.mark.parametrize("activation", ["relu", "kaf", "kaf-portable"])
 @pytest.mark.parametrize("adversarial", [True, False], ids=["fbf", "clean"])
-def test_train_step(benchmark, request, model_name, activation, adversarial):
-    model = build_model(model_name, activation)
+def test_train_step(benchmark, request, monkeypatch, model_name, activation, adversarial):
+    model = build_model(model_name, _activation(activation, monkeypatch))
     step = make_train_step(model, keras.optimizers.SGD(0.01), FBFConfig(adversarial=adversarial))
     x, y = _batch()
     seed = tf.constant([0, 0], tf.int64)

@@ -33,13 +33,13 @@ def runs_dir() -> Path:
 
 
 def code_version(root: Path = PACKAGE_DIR) -> str:
-    """Fingerprint of the kafrob sources and the TensorFlow/Keras versions.
+    """Fingerprint of the kafrob sources (Python and the compiled kernels') and the TensorFlow/Keras versions.
 
     Part of the trained-model cache key: a cached model is reused only by the code that trained it, so a
     change to (say) the KAF kernels retrains instead of silently re-measuring the old weights.
     """
     h = hashlib.sha256(f"{tf.__version__} {keras.__version__}".encode())
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(p for p in root.rglob("*") if p.suffix in {".py", ".cc", ".h"}):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 

@@ -20,13 +20,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kafrob.cache import cache_root
 from kafrob.kaf import KAF
 from kafrob.models import resnet20
 from kafrob.models.resnet20 import layer_names
 from kafrob.thesis_arithmetic import with_thesis_arithmetic
 
 ENV_VAR = "KAFROB_CHECKPOINT_DIR"
-CACHE_ENV_VAR = "KAFROB_CACHE_DIR"
 REPOSITORY = "arbiter1elegantiae/Robustness-of-deep-neural-networks-with-trainable-activation-functions"
 BASE_URL = f"https://github.com/{REPOSITORY}/raw/HEAD/resnet20_models/"
 MAX_ARCHIVE_BYTES = 64 * 2**20  # the real ones are ~1.3 MB
@@ -74,8 +74,7 @@ def lookup(activation: str) -> ThesisCheckpoint:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV_VAR) or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kafrob"
-    return Path(root) / "checkpoints"
+    return cache_root() / "checkpoints"
 
 
 def sha256(path: Path) -> str:

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from kafrob import checkpoints as ck
+from kafrob.cache import CACHE_ENV_VAR
 from kafrob.data import to_float
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "thesis" / "checkpoints"
@@ -73,7 +74,7 @@ def test_checksum_mismatch(tmp_path, monkeypatch):
 
 def test_missing_offline_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv(ck.ENV_VAR, str(tmp_path))
-    monkeypatch.setenv(ck.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV_VAR, str(tmp_path / "cache"))
     with pytest.raises(ck.CheckpointError, match=f"not in {tmp_path}.*{ck.ENV_VAR}"):
         ck.fetch("elu", download=False)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kafrob import kaf
+from kafrob import kaf, native
 from kafrob.kaf import KAF, default_gamma, dictionary_points, kaf_direct, kaf_reference, kaf_uniform, ridge_coefficients
 
 D, BOUNDARY = 20, 3.0
@@ -26,6 +26,19 @@ def rel_error(ours, ref, denom):
     return float(np.max(np.abs(np.asarray(ours, np.float64) - ref) / np.maximum(denom, TINY)))
 
 
+@pytest.fixture(params=["native", "portable"])
+def kernels(request, monkeypatch) -> str:
+    """kaf_uniform's implementations: the compiled CPU kernels and the portable TensorFlow ones (the latter
+    also with many small parameter-gradient chunks, the last one padded)."""
+    if request.param.startswith("portable"):
+        monkeypatch.setattr(native, "library", lambda: None)
+        if request.param == "portable-many-chunks":
+            monkeypatch.setattr(kaf, "CHUNK_ELEMENTS", 1 << 10)
+    elif native.library() is None:
+        pytest.skip("no compiled KAF kernels here (a warning says why; KAFROB_NATIVE=1 makes this an error)")
+    return request.param
+
+
 def wide_inputs(channels, seed=0):
     rng = np.random.default_rng(seed)
     x = np.concatenate([rng.normal(0, 1.5, 4000), rng.uniform(-12, 12, 2000), np.linspace(-60, 60, 121),
@@ -35,7 +48,7 @@ def wide_inputs(channels, seed=0):
 
 
 @pytest.mark.parametrize("init", ["random", "relu", "elu", "swish"])
-def test_uniform_kernel_matches_direct_formula(init):
+def test_uniform_kernel_matches_direct_formula(init, kernels):
     rng = np.random.default_rng(1)
     coeffs = (rng.normal(0, 0.05, (4, D)) if init == "random"
               else np.tile(ridge_coefficients(init), (4, 1)) + rng.normal(0, 0.01, (4, D))).astype(np.float32)
@@ -49,7 +62,7 @@ def test_uniform_kernel_matches_direct_formula(init):
     assert np.all(np.abs(ours[inside] - ref[inside]) <= 1e-6 * np.maximum(np.abs(ref[inside]), 1.0) * 72)
 
 
-def test_uniform_kernel_values_near_direct_float32_relative():
+def test_uniform_kernel_values_near_direct_float32_relative(kernels):
     """Plain relative error for well-conditioned values (|f| not cancelling), fp32 <= 1e-6."""
     coeffs = np.abs(np.random.default_rng(2).normal(0.5, 0.1, (3, D))).astype(np.float32)
     x = np.random.default_rng(3).uniform(-3, 3, (1000, 3)).astype(np.float32)
@@ -93,14 +106,13 @@ def gradients_in(mode: str, fn, args, upstream):
 
 
 MODES = ["eager", "graph", "xla"]
-# The parameter gradients accumulate over chunks of rows: one chunk, or many with a padded last one.
+# The portable parameter gradients accumulate over chunks of rows: one chunk, or many with a padded last one.
 CHUNKS = [pytest.param(1 << 18, id="one-chunk"), pytest.param(1 << 10, id="many-chunks")]
 
 
-@pytest.mark.parametrize("chunk", CHUNKS)
+@pytest.mark.parametrize("kernels", ["native", "portable", "portable-many-chunks"], indirect=True)
 @pytest.mark.parametrize("mode", MODES)
-def test_uniform_kernel_gradients(mode, chunk, monkeypatch):
-    monkeypatch.setattr(kaf, "CHUNK_ELEMENTS", chunk)
+def test_uniform_kernel_gradients(mode, kernels):
     rng = np.random.default_rng(4)
     coeffs = np.tile(ridge_coefficients("swish"), (4, 1)) + rng.normal(0, .05, (4, D))
     coeffs = coeffs.astype(np.float32)
@@ -115,7 +127,7 @@ def test_uniform_kernel_gradients(mode, chunk, monkeypatch):
         assert rel_error(got, ref, size) <= 1e-5
 
 
-def test_finite_differences():
+def test_finite_differences(kernels):
     """The analytic gradient of the layer agrees with central differences of the float64 formula."""
     layer = KAF(init="elu")
     x = tf.constant(np.linspace(-4, 4, 33, dtype=np.float32).reshape(-1, 1))
@@ -209,7 +221,7 @@ def test_any_rank_and_float32_compute():
         assert out.shape == shape and out.dtype == tf.float32
 
 
-def test_mixed_precision_matches_float32():
+def test_mixed_precision_matches_float32(kernels):
     x = np.random.default_rng(8).normal(0, 2, (64, 6)).astype(np.float32)
     layer32 = KAF(init="swish")
     y32 = layer32(x).numpy()
@@ -226,7 +238,7 @@ def test_mixed_precision_matches_float32():
 
 
 @pytest.mark.parametrize("free", [False, True], ids=["kaf", "kaf_free"])
-def test_mixed_precision_gradients_match_float32(free):
+def test_mixed_precision_gradients_match_float32(free, kernels):
     x = np.random.default_rng(9).normal(0, 2, (8, 5, 5, 6)).astype(np.float16)
     layers = [KAF(init="elu", trainable_dictionary=free, dtype=policy) for policy in ("float32", "mixed_float16")]
     layers[0](x.astype(np.float32))

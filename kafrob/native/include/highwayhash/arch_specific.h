@@ -1,0 +1,3 @@
+// Stand-in for a header TensorFlow's wheel references but does not ship (xla/printer.h); see kafrob/native.py.
+#pragma once
+#define HH_TARGET_PREFERRED 0
