@@ -7,7 +7,7 @@ lanes, and appear inside XLA-compiled steps as FFI custom calls.
 
 The library is compiled with the C++ compiler (``$CXX``, else g++) against the installed TensorFlow's
 headers, once per source, TensorFlow version, compiler and CPU, into ``<kafrob cache>/native`` (about
-40 s), then loaded from there. It is used on CPU-only machines (with a GPU the KAF runs the TensorFlow
+a minute), then loaded from there. It is used on CPU-only machines (with a GPU the KAF runs the TensorFlow
 kernels on the GPU). ``KAFROB_NATIVE``: unset, use it where it builds; ``0``, never; ``1``, always (an
 error if it cannot be built: CI sets this so that its tests never skip it). When it cannot be built (no
 compiler, another platform, TensorFlow headers that no longer fit) a warning names the cause and the KAF
@@ -20,6 +20,7 @@ kernels never use).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import os
@@ -92,14 +93,19 @@ def build() -> Path:
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # concurrent builds each rename a complete file
-        output = Path(tmp) / path.name
-        print(f"kafrob: compiling the KAF CPU kernels into {path} (once, about 40 s)", file=sys.stderr, flush=True)
-        done = subprocess.run(_command(compiler, output), capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-            raise NativeBuildError(f"compiling {SOURCE.name} failed: {tail}")
-        os.replace(output, path)
+    with open(path.with_suffix(".lock"), "w") as lock:  # one build; other processes (xdist workers) wait for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return path
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:  # the library appears complete or not at all
+            output = Path(tmp) / path.name
+            print(f"kafrob: compiling the KAF CPU kernels into {path} (once, about a minute)", file=sys.stderr,
+                  flush=True)
+            done = subprocess.run(_command(compiler, output), capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+                raise NativeBuildError(f"compiling {SOURCE.name} failed: {tail}")
+            os.replace(output, path)
     return path
 
 
