@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from kafrob import atomic
+from kafrob import atomic, native
 from kafrob.data import Cifar10
 from kafrob.evaluate import evaluate, our_pgd, our_pgd_eager_graph
 from kafrob.experiments import EXPERIMENTS, Experiment, Tier
@@ -44,9 +44,16 @@ def code_version(root: Path = PACKAGE_DIR) -> str:
     return h.hexdigest()[:12]
 
 
+def kaf_kernels() -> str:
+    """Which KAF kernels this process runs (kafrob.kaf): their rounding differs, and ridge-initialised KAFs
+    (coefficients up to ~70, alternating in sign) carry that difference into short training trajectories."""
+    return "compiled" if native.library() is not None else "portable"
+
+
 def environment() -> dict:
     gpus = tf.config.list_physical_devices("GPU")
-    return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
+    return {"kaf_kernels": kaf_kernels(),
+            "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
             "device": f"{len(gpus)} GPU" if gpus else "CPU", "cpus": os.cpu_count()}
 
@@ -64,7 +71,8 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
 
         return load_thesis_model(e.activation), []
     config = tier.train_config(e, seed)
-    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}-{code_version()}"
+    kernels = f"-{kaf_kernels()}" if e.activation.startswith("kaf") else ""
+    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}-{code_version()}{kernels}"
     weights = run_dir / "final.weights.h5"
     if weights.exists():
         model = build_for(config, "float32")
@@ -130,22 +138,34 @@ def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
     return expected
 
 
+def reference_kernels(tier: Tier) -> str | None:
+    """The KAF kernels a suite reference was measured with (None: thesis references, or not recorded)."""
+    if tier.reference == "thesis" or not reference_file(tier).exists():
+        return None
+    return json.loads(reference_file(tier).read_text()).get("environment", {}).get("kaf_kernels")
+
+
 def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
     """Failures as readable lines; thesis references also allow the measurement's 95% sampling half-width."""
     failures = []
+    measured_with = reference_kernels(tier)
+    hint = ""
+    if e.activation.startswith("kaf") and measured_with not in (None, kaf_kernels()):
+        hint = (f" [the references were measured with the {measured_with} KAF kernels, this run used the "
+                f"{kaf_kernels()} ones (see the README, KAF kernels)]")
     for metric, expected in expected_values(e, tier).items():
         measured = getattr(m, metric)
         if metric == "train_loss":
             if measured is None or abs(measured - expected) > LOSS_TOLERANCE:
                 failures.append(f"{e.id} train_loss: measured {measured}, expected {expected:.4f} (suite), "
-                                f"allowed +-{LOSS_TOLERANCE}: the training trajectory changed")
+                                f"allowed +-{LOSS_TOLERANCE}: the training trajectory changed{hint}")
             continue
         lo, hi = getattr(m, metric.replace("accuracy", "interval"))
         allowed = tier.tolerance + ((hi - lo) / 2 if tier.reference == "thesis" else 0.0)
         if abs(measured - expected) > allowed:
             failures.append(f"{e.id} {metric}: measured {measured:.2f}% (95% CI {lo:.2f}-{hi:.2f}), expected "
                             f"{expected:.2f}% ({tier.reference}), delta {measured - expected:+.2f}, allowed "
-                            f"+-{allowed:.2f} ({tier.name} tolerance {tier.tolerance})")
+                            f"+-{allowed:.2f} ({tier.name} tolerance {tier.tolerance}){hint}")
     return failures
 
 

@@ -35,7 +35,13 @@ def test_suite_reference_pins_the_training_loss(tmp_path, monkeypatch):
     assert bench.compare(same, e, tier) == []
     drifted = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119 + 0.05, n=100)
     (failure,) = bench.compare(drifted, e, tier)
-    assert "train_loss" in failure and "trajectory changed" in failure
+    assert "train_loss" in failure and "trajectory changed" in failure and "KAF kernels" not in failure
+    # References measured with the other KAF kernels: the failure says so.
+    (tmp_path / "smoke.json").write_text(json.dumps({"environment": {"kaf_kernels": "compiled"},
+                                                     "results": {"vgg-kaf": row}}))
+    monkeypatch.setattr(bench, "kaf_kernels", lambda: "portable")
+    (failure,) = bench.compare(drifted, e, tier)
+    assert "measured with the compiled KAF kernels, this run used the portable ones" in failure
     with pytest.raises(KeyError, match="no row vgg-relu"):
         bench.expected_values(BY_ID["vgg-relu"], tier)
 
