@@ -150,7 +150,7 @@ def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
     failures = []
     measured_with = reference_kernels(tier)
     hint = ""
-    if e.activation.startswith("kaf") and measured_with not in (None, kaf_kernels()):
+    if e.activation.startswith("kaf") and measured_with is not None and measured_with != kaf_kernels():
         hint = (f" [the references were measured with the {measured_with} KAF kernels, this run used the "
                 f"{kaf_kernels()} ones (see the README, KAF kernels)]")
     for metric, expected in expected_values(e, tier).items():

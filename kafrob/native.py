@@ -8,10 +8,11 @@ lanes, and appear inside XLA-compiled steps as FFI custom calls.
 The library is compiled with the C++ compiler (``$CXX``, else g++) against the installed TensorFlow's
 headers, once per source, TensorFlow version, compiler and CPU, into ``<kafrob cache>/native`` (about
 a minute), then loaded from there. It is used on CPU-only machines (with a GPU the KAF runs the TensorFlow
-kernels on the GPU). ``KAFROB_NATIVE``: unset, use it where it builds; ``0``, never; ``1``, always (an
-error if it cannot be built: CI sets this so that its tests never skip it). When it cannot be built (no
-compiler, another platform, TensorFlow headers that no longer fit) a warning names the cause and the KAF
-layers use the portable TensorFlow kernels: the same function to float32 rounding, slower on CPU.
+kernels on the GPU). ``KAFROB_NATIVE``: unset, use it where it builds; ``0``, never; ``1``, on every
+CPU-only machine (an error if it cannot be built: CI sets this so that its tests never skip it). When it
+cannot be built (no compiler, another platform, TensorFlow headers that no longer fit) a warning names the
+cause and the KAF layers use the portable TensorFlow kernels: the same function to float32 rounding,
+slower on CPU.
 
 TensorFlow's wheel references, in ``xla/printer.h``, highwayhash headers that it does not ship;
 ``native/include/highwayhash`` stands in for them (it only declares the type of a member of a class the
@@ -20,7 +21,6 @@ kernels never use).
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import os
@@ -88,6 +88,8 @@ def build() -> Path:
     """The compiled library's path, compiling it if this source/TensorFlow/compiler/CPU has none yet."""
     if not sys.platform.startswith("linux"):
         raise NativeBuildError(f"the native kernels are built for Linux only (this is {sys.platform})")
+    import fcntl  # POSIX only: imported after the platform check
+
     compiler = _compiler()
     path = _library_path(compiler)
     if path.is_file():
@@ -119,7 +121,7 @@ def load(setting: str) -> ModuleType | None:
     """``library()`` for a given ``KAFROB_NATIVE`` setting."""
     if setting not in ("", "0", "1"):
         raise ValueError(f"{ENV_VAR} must be 0, 1 or unset, got {setting!r}")
-    if setting == "0" or (setting == "" and tf.config.list_physical_devices("GPU")):
+    if setting == "0" or tf.config.list_physical_devices("GPU"):  # the kernels and their XLA lowering are CPU-only
         return None
     try:
         return tf.load_op_library(str(build()))

@@ -26,12 +26,13 @@ def ops():
     return lib
 
 
-def _float64_reference(x, coeffs, upstream):
+def _float64_reference(x, coeffs, upstream, size=D, boundary=BOUNDARY):
+    points, gamma = dictionary_points(size, boundary), default_gamma(size, boundary)
     x64 = x.astype(np.float64)[..., None]
-    k = np.exp(-GAMMA * (x64 - dictionary_points(D, BOUNDARY)) ** 2)
+    k = np.exp(-gamma * (x64 - points) ** 2)
     a = coeffs.astype(np.float64)
     value = (a * k).sum(-1)
-    slope = (a * k * -2 * GAMMA * (x64 - dictionary_points(D, BOUNDARY))).sum(-1)
+    slope = (a * k * -2 * gamma * (x64 - points)).sum(-1)
     coeff_grad = (upstream.astype(np.float64)[..., None] * k).reshape(-1, *coeffs.shape).sum(0)
     return value, slope, coeff_grad, (np.abs(a) * k).sum(-1)
 
@@ -49,6 +50,25 @@ def test_large_inputs_split_across_threads(ops, channels):
     # Double-precision arithmetic: what remains is float32 rounding of the results (and of the sums' terms).
     np.testing.assert_allclose(value, ref_value, rtol=0, atol=2e-7 * size.max())
     np.testing.assert_allclose(slope, ref_slope, rtol=0, atol=2e-7 * 2 * GAMMA * 10 * size.max())
+    np.testing.assert_allclose(coeff_grad, ref_coeff_grad, rtol=1e-6, atol=1e-6 * np.abs(ref_coeff_grad).max())
+
+
+@pytest.mark.parametrize("size,boundary", [(7, 2.0), (33, 4.0)])
+@pytest.mark.parametrize("channels", [8, 3])
+def test_other_dictionaries(ops, size, boundary, channels):
+    """Dictionary sizes other than the thesis's 20 (a separately compiled coefficient-gradient loop)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 3, (4000, channels)).astype(np.float32)
+    coeffs = rng.normal(0, 0.5, (channels, size)).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    step = 2 * boundary / (size - 1)
+    assert native.supports(size, step, default_gamma(size, boundary))
+    dictionary = tf.constant([-boundary, step, default_gamma(size, boundary)], tf.float64)
+    value, slope = ops.kafrob_kaf(x, coeffs, dictionary)
+    coeff_grad = ops.kafrob_kaf_coefficient_gradient(x, upstream, coeffs, dictionary)
+    ref_value, ref_slope, ref_coeff_grad, scale = _float64_reference(x, coeffs, upstream, size, boundary)
+    np.testing.assert_allclose(value, ref_value, rtol=0, atol=2e-7 * scale.max())
+    np.testing.assert_allclose(slope, ref_slope, rtol=0, atol=2e-6 * np.abs(ref_slope).max())
     np.testing.assert_allclose(coeff_grad, ref_coeff_grad, rtol=1e-6, atol=1e-6 * np.abs(ref_coeff_grad).max())
 
 
