@@ -27,14 +27,14 @@ def ops():
 
 
 def _float64_reference(x, coeffs, upstream, size=D, boundary=BOUNDARY):
+    """f(x), f'(x), the coefficient gradient, and the terms' size sum |a_j| k_j(x), in float64."""
     points, gamma = dictionary_points(size, boundary), default_gamma(size, boundary)
     x64 = x.astype(np.float64)[..., None]
     k = np.exp(-gamma * (x64 - points) ** 2)
-    a = coeffs.astype(np.float64)
-    value = (a * k).sum(-1)
-    slope = (a * k * -2 * gamma * (x64 - points)).sum(-1)
+    slope = (coeffs.astype(np.float64) * k * -2 * gamma * (x64 - points)).sum(-1)
     coeff_grad = (upstream.astype(np.float64)[..., None] * k).reshape(-1, *coeffs.shape).sum(0)
-    return value, slope, coeff_grad, (np.abs(a) * k).sum(-1)
+    return (kaf_reference(x, coeffs, points, gamma), slope, coeff_grad,
+            kaf_reference(x, np.abs(coeffs), points, gamma))
 
 
 @pytest.mark.parametrize("channels", [16, 64, 5], ids=["8-lane", "8-lane-wide", "scalar"])

@@ -323,7 +323,7 @@ class KafOp : public tensorflow::OpKernel {
   void Compute(tensorflow::OpKernelContext* ctx) override {
     const int shift = kCoefficientGradient ? 1 : 0;
     const tensorflow::Tensor& x = ctx->input(0);
-    const tensorflow::Tensor& upstream = ctx->input(shift ? 1 : 0);
+    const tensorflow::Tensor& upstream = ctx->input(shift ? 1 : 0);  // KafrobKaf has none: x stands in
     const tensorflow::Tensor& coeffs = ctx->input(1 + shift);
     const tensorflow::Tensor& dictionary = ctx->input(2 + shift);
     const int64_t channels = x.dims() ? x.dim_size(x.dims() - 1) : 0;
@@ -347,7 +347,7 @@ template <bool kCoefficientGradient>
 ffi::Error Handle(ffi::RemainingArgs args, ffi::RemainingRets rets) {
   const int shift = kCoefficientGradient ? 1 : 0;
   auto x = args.get<ffi::AnyBuffer>(0);
-  auto upstream = args.get<ffi::AnyBuffer>(shift ? 1 : 0);
+  auto upstream = args.get<ffi::AnyBuffer>(shift ? 1 : 0);  // KafrobKaf has none: x stands in
   auto coeffs = args.get<ffi::AnyBuffer>(1 + shift);
   auto dictionary = args.get<ffi::AnyBuffer>(2 + shift);
   auto out0 = rets.get<ffi::AnyBuffer>(0);
