@@ -11,6 +11,8 @@ import nox
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 SHARED_DATA = Path(__file__).parent.parent / "shared" / "data" / "cifar10-jpeg"
+# Every Python dependency pinned (refresh: `nox -s lock`); the results header records its sha256.
+LOCK = Path(__file__).parent / "requirements.lock"
 
 
 def _env() -> dict[str, str]:
@@ -21,9 +23,9 @@ def _env() -> dict[str, str]:
 
 
 def _install(session: nox.Session, gpu: bool = False) -> None:
-    session.install("-e", ".[test]")
-    if gpu:
-        session.install("tensorflow[and-cuda]>=2.18")
+    session.install("-c", str(LOCK), "-e", ".[test]")
+    if gpu:  # the CUDA wheels are not in the lock (it is made for CPU machines); TensorFlow itself stays pinned
+        session.install("-c", str(LOCK), "tensorflow[and-cuda]")
 
 
 @nox.session
@@ -51,6 +53,27 @@ def smoke(session: nox.Session) -> None:
     session.run("pytest", "benchmark/test_thesis.py", "--tier", "smoke", "-q", "-n", "2", "-p", "no:benchmark",
                 *session.posargs, env=_env())
     session.run("python", "-m", "kafrob.cli", "table", "--tier", "smoke", env=_env())
+
+
+# The smoke tier's spread (kafrob.spread): seed 0 under every arithmetic path, and two other seeds.
+SPREAD_RUNS = [(0, 1, "compiled"), (0, 0, "compiled"), (0, 1, "portable"), (0, 0, "portable"), (1, 1, "compiled")]
+
+
+@nox.session
+def spread(session: nox.Session) -> None:
+    """Re-run the smoke tier under each arithmetic path and seed (runs/spread/), then write
+    reference_results/smoke_spread.{json,md}: the measurement the smoke tolerances are set from (~30 min)."""
+    _install(session)
+    folders = []
+    for seed, onednn, kernels in SPREAD_RUNS:
+        folder = Path("runs") / "spread" / f"seed{seed}-onednn{onednn}-{kernels}"
+        folders.append(str(folder))
+        env = {**_env(), "KAFROB_RUNS_DIR": str(folder), "TF_ENABLE_ONEDNN_OPTS": str(onednn),
+               "KAFROB_NATIVE": "1" if kernels == "compiled" else "0"}
+        # the cases are judged against the current tolerances too; a failure here is a measurement, not an error
+        session.run("pytest", "benchmark/test_thesis.py", "--tier", "smoke", "--seed", str(seed), "-q", "-n", "2",
+                    "-p", "no:benchmark", env=env, success_codes=[0, 1])
+    session.run("python", "-m", "kafrob.spread", *folders, env=_env())
 
 
 @nox.session(name="full-gpu")
@@ -100,6 +123,14 @@ def regenerate(session: nox.Session) -> None:
 
 
 @nox.session
+def lock(session: nox.Session) -> None:
+    """Re-resolve every dependency (pyproject.toml, all extras) into requirements.lock (x86-64 Linux, Python 3.11)."""
+    session.install("uv")
+    session.run("uv", "pip", "compile", "pyproject.toml", "--all-extras", "--python-version", "3.11",
+                "--python-platform", "x86_64-manylinux_2_28", "--no-header", "-o", str(LOCK))
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("-c", str(LOCK), "ruff")
     session.run("ruff", "check", "kafrob", "tests", "benchmark", "noxfile.py")

@@ -16,26 +16,38 @@ def pytest_addoption(parser):
                      help="smoke (CPU, minutes), full (thesis protocol, GPU), checkpoints (released models)")
     parser.addoption("--source", default=None, choices=("train", "thesis-checkpoint"),
                      help="where models come from (default: the tier's)")
+    parser.addoption("--seed", type=int, default=0,
+                     help="training and evaluation seed (the references use 0; others measure the spread)")
     parser.addoption("--data-parallel", action="store_true",
                      help="train each case on all visible GPUs with tf.distribute.MirroredStrategy")
 
 
 def pytest_report_header(config):
+    from kafrob import arithmetic
+    from kafrob.bench import environment
+
     tier = get_tier(config.getoption("--tier"), config.getoption("--source"))
-    gpus = tf.config.list_physical_devices("GPU")
-    device = f"{len(gpus)} GPU" if gpus else "CPU"
+    env = environment()
     if tier.source == "thesis-checkpoint":
         precision = "as released (thesis float16 KAF arithmetic)"
     else:
-        precision = "mixed_float16 training" if gpus and tier.name == "full" else "float32"
+        precision = "mixed_float16 training" if env["device"] != "CPU" and tier.name == "full" else "float32"
     data = os.environ.get(ENV_VAR) or "Keras cache / download"
     return [f"kafrob tier: {tier.name} (source: {tier.source}, reference: {tier.reference}, "
-            f"tolerance: {tier.tolerance} points)", f"kafrob device: {device}, precision: {precision}, data: {data}"]
+            f"tolerance: {tier.tolerance} points)",
+            f"kafrob device: {env['device']}, precision: {precision}, data: {data}",
+            f"kafrob arithmetic: {arithmetic.label(env)}; CPU {env['cpu']}; TF {env['tensorflow']}, "
+            f"lock {env['lock']}"]
 
 
 @pytest.fixture(scope="session")
 def tier(request):
     return get_tier(request.config.getoption("--tier"), request.config.getoption("--source"))
+
+
+@pytest.fixture(scope="session")
+def seed(request):
+    return request.config.getoption("--seed")
 
 
 @pytest.fixture(scope="session")
@@ -57,10 +69,11 @@ def strategy(request):
 RATIOS = [
     *[(f"layer fwd+bwd {a}/relu", f"test_layer_forward_backward[{a}]", "test_layer_forward_backward[relu]")
       for a in ("kaf", "kaf-portable", "kaf_free")],
-    *[(f"{m} {mode} step {a}/relu", f"test_train_step[{mode}-{a}-{m}]", f"test_train_step[{mode}-relu-{m}]")
-      for m in ("resnet20", "vgg") for mode in ("fbf", "clean") for a in ("kaf", "kaf-portable")],
-    *[(f"{m} {a} step fbf/clean", f"test_train_step[fbf-{a}-{m}]", f"test_train_step[clean-{a}-{m}]")
-      for m in ("resnet20", "vgg") for a in ("relu", "kaf", "kaf-portable")],
+    *[(f"{m} {mode} {j} step {a}/relu", f"test_train_step[{j}-{mode}-{a}-{m}]", f"test_train_step[{j}-{mode}-relu-{m}]")
+      for j in ("xla", "graph") for m in ("resnet20", "vgg") for mode in ("fbf", "clean")
+      for a in ("kaf", "kaf-portable")],
+    *[(f"{m} {a} {j} step fbf/clean", f"test_train_step[{j}-fbf-{a}-{m}]", f"test_train_step[{j}-clean-{a}-{m}]")
+      for j in ("xla", "graph") for m in ("resnet20", "vgg") for a in ("relu", "kaf", "kaf-portable")],
     ("PGD-10 art/kafrob", "test_pgd10_resnet20[art]", "test_pgd10_resnet20[kafrob]"),
 ]
 

@@ -66,9 +66,10 @@ def test_layer_forward_backward(benchmark, request, monkeypatch, activation):
 @pytest.mark.parametrize("model_name", ["resnet20", "vgg"])
 @pytest.mark.parametrize("activation", ["relu", "kaf", "kaf-portable"])
 @pytest.mark.parametrize("adversarial", [True, False], ids=["fbf", "clean"])
-def test_train_step(benchmark, request, monkeypatch, model_name, activation, adversarial):
+@pytest.mark.parametrize("jit", [True, False], ids=["xla", "graph"])  # graph: what a user's own tf.function gets
+def test_train_step(benchmark, request, monkeypatch, model_name, activation, adversarial, jit):
     model = build_model(model_name, _activation(activation, monkeypatch))
-    step = make_train_step(model, keras.optimizers.SGD(0.01), FBFConfig(adversarial=adversarial))
+    step = make_train_step(model, keras.optimizers.SGD(0.01), FBFConfig(adversarial=adversarial), jit_compile=jit)
     x, y = _batch()
     seed = tf.constant([0, 0], tf.int64)
     step(x, y, seed)

@@ -24,11 +24,11 @@ CASES = sorted(EXPERIMENTS, key=_cost_rank)
 
 
 @pytest.mark.parametrize("experiment", CASES, ids=[e.id for e in CASES])
-def test_thesis_row(experiment, tier, cifar, strategy):
+def test_thesis_row(experiment, tier, cifar, strategy, seed):
     if tier.source == "thesis-checkpoint" and experiment.model != "resnet20":
         pytest.skip("the thesis released ResNet20 checkpoints only")
     try:
-        m = run_case(experiment, tier, cifar, strategy=strategy)
+        m = run_case(experiment, tier, cifar, seed=seed, strategy=strategy)
     except CheckpointError as exc:
         pytest.skip(f"released checkpoint not available here: {exc}")
     atomic.write_json(runs_dir() / "measurements" / tier.name / f"{experiment.id}.json", m.to_dict())

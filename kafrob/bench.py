@@ -12,7 +12,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from kafrob import atomic, native
+from kafrob import arithmetic, atomic
+from kafrob.arithmetic import kaf_kernels
 from kafrob.data import Cifar10
 from kafrob.evaluate import evaluate, our_pgd, our_pgd_eager_graph
 from kafrob.experiments import EXPERIMENTS, Experiment, Tier
@@ -24,7 +25,8 @@ METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_ro
 # Suite references also pin the last epoch's mean FBF training loss: at the smoke budget several models
 # are still near chance accuracy, where a broken KAF gradient or data pipeline would not move the
 # accuracies, but it moves the loss trajectory. CPU runs are seeded, so the loss repeats to ~1e-6 on
-# one machine; the tolerance allows other CPUs' rounding.
+# one machine; other arithmetic moves it by the spread measured in <tier>_spread.json (kafrob.spread),
+# which sets the tolerances where it exists. LOSS_TOLERANCE serves a suite reference without one.
 LOSS_TOLERANCE = 0.02
 
 
@@ -44,17 +46,18 @@ def code_version(root: Path = PACKAGE_DIR) -> str:
     return h.hexdigest()[:12]
 
 
-def kaf_kernels() -> str:
-    """Which KAF kernels this process runs (kafrob.kaf): their rounding differs, and ridge-initialised KAFs
-    (coefficients up to ~70, alternating in sign) carry that difference into short training trajectories."""
-    return "compiled" if native.library() is not None else "portable"
+def lock_digest() -> str | None:
+    """sha256 (first 12 hex digits) of requirements.lock, the pinned dependencies the nox sessions install."""
+    lock = PACKAGE_DIR.parent / "requirements.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest()[:12] if lock.is_file() else None
 
 
 def environment() -> dict:
+    """The results header: arithmetic (kafrob.arithmetic), versions, the dependency lock, the machine."""
     gpus = tf.config.list_physical_devices("GPU")
-    return {"kaf_kernels": kaf_kernels(),
+    return {**arithmetic.describe(), "lock": lock_digest(),
             "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "machine": platform.machine(), "cpu": arithmetic.cpu_model(),
             "device": f"{len(gpus)} GPU" if gpus else "CPU", "cpus": os.cpu_count()}
 
 
@@ -145,6 +148,15 @@ def reference_kernels(tier: Tier) -> str | None:
     return json.loads(reference_file(tier).read_text()).get("environment", {}).get("kaf_kernels")
 
 
+def tolerances(tier: Tier) -> dict[str, float]:
+    """Allowed |measured - expected| per metric: for suite references the ones set from the measured spread
+    (``reference_results/<tier>_spread.json``, kafrob.spread), else the tier's (thesis references)."""
+    spread = REFERENCE_DIR / f"{tier.name}_spread.json"
+    if tier.reference == "suite" and spread.exists():
+        return {m: t["tolerance"] for m, t in json.loads(spread.read_text())["tolerances"].items()}
+    return {"clean_accuracy": tier.tolerance, "robust_accuracy": tier.tolerance, "train_loss": LOSS_TOLERANCE}
+
+
 def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
     """Failures as readable lines; thesis references also allow the measurement's 95% sampling half-width."""
     failures = []
@@ -153,19 +165,21 @@ def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
     if e.activation.startswith("kaf") and measured_with is not None and measured_with != kaf_kernels():
         hint = (f" [the references were measured with the {measured_with} KAF kernels, this run used the "
                 f"{kaf_kernels()} ones (see the README, KAF kernels)]")
+    allowed_by_metric = tolerances(tier)
     for metric, expected in expected_values(e, tier).items():
         measured = getattr(m, metric)
         if metric == "train_loss":
-            if measured is None or abs(measured - expected) > LOSS_TOLERANCE:
+            allowed = allowed_by_metric[metric]
+            if measured is None or abs(measured - expected) > allowed:
                 failures.append(f"{e.id} train_loss: measured {measured}, expected {expected:.4f} (suite), "
-                                f"allowed +-{LOSS_TOLERANCE}: the training trajectory changed{hint}")
+                                f"allowed +-{allowed}: the training trajectory changed{hint}")
             continue
         lo, hi = getattr(m, metric.replace("accuracy", "interval"))
-        allowed = tier.tolerance + ((hi - lo) / 2 if tier.reference == "thesis" else 0.0)
+        allowed = allowed_by_metric[metric] + ((hi - lo) / 2 if tier.reference == "thesis" else 0.0)
         if abs(measured - expected) > allowed:
             failures.append(f"{e.id} {metric}: measured {measured:.2f}% (95% CI {lo:.2f}-{hi:.2f}), expected "
                             f"{expected:.2f}% ({tier.reference}), delta {measured - expected:+.2f}, allowed "
-                            f"+-{allowed:.2f} ({tier.name} tolerance {tier.tolerance}){hint}")
+                            f"+-{allowed:.2f}{hint}")
     return failures
 
 

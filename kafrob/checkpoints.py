@@ -42,7 +42,7 @@ class CheckpointError(RuntimeError):
 class ThesisCheckpoint:
     activation: str
     filename: str
-    sha256: str | None  # None: not pinned here (no copy was available to hash); verified on first use
+    sha256: str  # of the released zip: every file is verified before it is used
 
     @property
     def url(self) -> str:
@@ -52,7 +52,8 @@ class ThesisCheckpoint:
 THESIS_CHECKPOINTS: dict[str, ThesisCheckpoint] = {c.activation: c for c in (
     ThesisCheckpoint("relu", "resnet20_relu_ocrob_lrf.zip",
                      "d88bc7a17e24b307bc9bc5b3ccda08587f08e887ac1247e605d757103b8de259"),
-    ThesisCheckpoint("elu", "resnet20_elu_ocrob_lrf.zip", None),
+    ThesisCheckpoint("elu", "resnet20_elu_ocrob_lrf.zip",
+                     "7779d3d5b78f41227a3fc7eab099526b103cef78350279bece0eeb7404a3e51b"),
     ThesisCheckpoint("swish", "resnet20_swish_ocrob_lrf.zip",
                      "bfa06287f9641a1dbd56488eb687cfa833d6f5eb1edea5584631937cecf7240e"),
     ThesisCheckpoint("kaf", "resnet20_kaf_ocrob_lrfinder.zip",
@@ -60,8 +61,10 @@ THESIS_CHECKPOINTS: dict[str, ThesisCheckpoint] = {c.activation: c for c in (
     # The table's kaf_relu row is the run with the 20-epoch decay phase ("_last"), see the README.
     ThesisCheckpoint("kaf_relu", "resnet20_kafrelu_ocrob_lrfinder_last.zip",
                      "195db3780d374d5ac8bb98263684c0cede41e0a3df54239ab5798cadb7402864"),
-    ThesisCheckpoint("kaf_elu", "resnet20_kafelu_ocrob_lrf.zip", None),
-    ThesisCheckpoint("kaf_swish", "resnet20_kafswish_ocrob_lrfinder.zip", None),
+    ThesisCheckpoint("kaf_elu", "resnet20_kafelu_ocrob_lrf.zip",
+                     "507a5e5b7b8ffbe1636b29f3dce6c7649636c242dd00841095eec9af963e62c0"),
+    ThesisCheckpoint("kaf_swish", "resnet20_kafswish_ocrob_lrfinder.zip",
+                     "fa15f2b1f3bcb869f2de8e1388df67b1b6af9c23805b286c54229b0d35af1ae5"),
     ThesisCheckpoint("kaf_free", "resnet20_kafs_freedictkb_ocrob_lrfinder.zip",
                      "e68a123157a8199b35658db50e36dbd014ff9297784733e11d72d4ccb43dfec3"),
 )}
@@ -85,8 +88,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _verify(path: Path, expected: str | None) -> Path:
-    if expected is not None and sha256(path) != expected:
+def _verify(path: Path, expected: str) -> Path:
+    if sha256(path) != expected:
         raise CheckpointError(f"{path} fails its sha256 check (expected {expected}); delete it and fetch it again")
     return path
 
@@ -106,8 +109,6 @@ def _download(entry: ThesisCheckpoint, dest: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"cannot download {entry.url} ({type(exc).__name__}: {exc}); put {entry.filename} "
                               f"in a folder and set {ENV_VAR} to it") from exc
-    if entry.sha256 is None:
-        print(f"note: {entry.filename} has no pinned checksum; downloaded sha256 {sha256(dest)}")
     return dest
 
 
@@ -120,8 +121,8 @@ def fetch(activation: str, path: str | os.PathLike | None = None, *, download: b
     candidate = Path(env) / entry.filename if env else None
     if candidate is not None and candidate.is_file():
         return _verify(candidate, entry.sha256)
-    # A checkpoint folder may hold only some of the zips (../shared has five): the others come from
-    # the cache or the download, and the error says where it looked.
+    # A checkpoint folder may hold only some of the zips: the others come from the cache or the download,
+    # and the error says where it looked.
     cached = cache_dir() / entry.filename
     if cached.is_file():
         return _verify(cached, entry.sha256)
@@ -167,7 +168,7 @@ def extract(zip_path: str | os.PathLike, dest_root: str | os.PathLike | None = N
                     raise CheckpointError(f"{zip_path}: entry {bad} is corrupt; delete the file and fetch it again")
                 archive.extractall(tmp, members)
             _saved_model_dir(tmp, zip_path)
-            os.replace(tmp, final)
+            _publish(tmp, final)
         except zipfile.BadZipFile as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(f"{zip_path} is not a valid zip ({exc}); delete it and fetch it again") from exc
@@ -175,6 +176,17 @@ def extract(zip_path: str | os.PathLike, dest_root: str | os.PathLike | None = N
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return _saved_model_dir(final, zip_path)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the extracted ``tmp`` folder to ``final``; if another process (an xdist worker) got there first,
+    keep its folder, which is complete too (renaming a folder is atomic), and drop ours."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _saved_model_dir(root: Path, origin: Path) -> Path:
@@ -250,3 +262,14 @@ def saved_model_probabilities(saved_model_dir: str | os.PathLike, x) -> np.ndarr
     (name,) = signature.structured_input_signature[1]
     (out,) = signature(**{name: tf.convert_to_tensor(x, tf.float32)}).values()
     return out.numpy()
+
+
+def import_agreement(saved_model_dir: str | os.PathLike, activation: str, x: np.ndarray) -> dict[str, float]:
+    """How exactly the import computes the SavedModel: argmax agreement and max |dp| of the softmax outputs on
+    ``x``. Both sides run in this process, so with this process's arithmetic (oneDNN on or off, see
+    kafrob.arithmetic); compare them under one arithmetic only."""
+    reference = saved_model_probabilities(saved_model_dir, x)
+    model = import_resnet20(saved_model_dir, activation)
+    ours = np.asarray(tf.nn.softmax(tf.cast(model(x, training=False), tf.float32)))
+    return {"agreement": float(np.mean(ours.argmax(1) == reference.argmax(1))),
+            "max_dp": float(np.max(np.abs(ours - reference)))}

@@ -19,6 +19,18 @@ def _train_config(args):
                        fbf=FBFConfig(clip_start=args.clip_start, adversarial=not args.clean))
 
 
+def _add_eval_args(p):
+    from kafrob.shards import SHARD_IMAGES
+
+    p.add_argument("--checkpoint", required=True, nargs="+", help="thesis:resnet20-<act> or a .keras file")
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--labels", default=["true"], nargs="+", choices=("true", "predicted"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-images", type=int, default=SHARD_IMAGES)
+    p.add_argument("--data-dir", default=None)
+
+
 def _add_train_args(p):
     p.add_argument("--model", required=True, choices=("vgg", "resnet20"))
     p.add_argument("--activation", required=True)
@@ -62,18 +74,80 @@ def _load_model(spec: str):
     return keras.saving.load_model(spec)
 
 
+def _worker(text: str) -> tuple[int, int]:
+    try:
+        i, k = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected i/k (this process runs every k-th shard from i), got {text!r}") from None
+    return i, k
+
+
+def _specs(args):
+    from kafrob.pgd import PGDConfig
+    from kafrob.shards import ShardSpec
+
+    return [ShardSpec(model, PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=labels),
+                      seed=args.seed, shard_images=args.shard_images)
+            for model in args.checkpoint for labels in args.labels]
+
+
+def _merged_summary(merged) -> dict:
+    from kafrob.stats import wilson_interval
+
+    k_clean, k_rob, n = int(merged.clean_correct.sum()), int(merged.robust_correct.sum()), merged.n
+    return {"model": merged.spec["model"], "label_mode": merged.spec["attack"]["label_mode"], "n": n,
+            "shards": len(merged.shards), "clean_accuracy": k_clean / n, "robust_accuracy": k_rob / n,
+            "clean_interval": wilson_interval(k_clean, n), "robust_interval": wilson_interval(k_rob, n),
+            "cpu_seconds": merged.header["seconds"]}
+
+
+def cmd_evaluate_shards(args) -> int:
+    """Sharded, resumable: shard-major over every model and label mode, so all rows cover the same images."""
+    from kafrob.data import load_cifar10
+    from kafrob.shards import merge, run, shards_for
+
+    specs = _specs(args)
+    data = load_cifar10(args.data_dir)
+    models: dict = {}
+
+    def load(spec_model):
+        if spec_model not in models:
+            models.clear()  # one model in memory at a time
+            models[spec_model] = _load_model(spec_model)
+        return models[spec_model]
+
+    for shard in shards_for(args.n, specs[0], args.shard):
+        for spec in specs:
+            run(spec, [shard], Path(args.shards_dir), load_model=load, data=data, recompute=args.recompute,
+                progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps([_merged_summary(merge(s, Path(args.shards_dir))) for s in specs], indent=2))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from kafrob.shards import merge
+
+    print(json.dumps([_merged_summary(merge(s, Path(args.shards_dir))) for s in _specs(args)], indent=2))
+    return 0
+
+
 def cmd_evaluate(args) -> int:
+    if args.shards_dir:
+        return cmd_evaluate_shards(args)
     from kafrob.data import load_cifar10
     from kafrob.evaluate import evaluate, our_pgd
     from kafrob.pgd import PGDConfig
 
-    attack = PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=args.labels)
+    if len(args.checkpoint) != 1 or len(args.labels) != 1:
+        raise ValueError("several --checkpoint or --labels values need --shards-dir (a sharded evaluation)")
+    attack = PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=args.labels[0])
     run_attack = our_pgd
     if args.backend != "kafrob":
         from kafrob import art_backend
 
         run_attack = art_backend.art_pgd if args.backend == "art" else art_backend.art_apgd
-    result = evaluate(_load_model(args.checkpoint), load_cifar10(args.data_dir), n=args.n, clean_n=args.clean_n,
+    result = evaluate(_load_model(args.checkpoint[0]), load_cifar10(args.data_dir), n=args.n, clean_n=args.clean_n,
                       attack=attack, seed=args.seed, backend=args.backend, run_attack=run_attack)
     if args.out:
         result.save(args.out)
@@ -165,17 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="clean and PGD accuracy of a .keras model or thesis:resnet20-<act>")
-    p.add_argument("--checkpoint", required=True)
+    _add_eval_args(p)
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--clean-n", type=int, default=None)
-    p.add_argument("--iterations", type=int, default=50)
-    p.add_argument("--restarts", type=int, default=10)
-    p.add_argument("--labels", default="true", choices=("true", "predicted"))
     p.add_argument("--backend", default="kafrob", choices=("kafrob", "art", "art-apgd"))
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="stem for the .json/.npz results")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--shards-dir", default=None,
+                   help="sharded and resumable: per-example shard files here; finished shards are kept")
+    p.add_argument("--shard", type=_worker, default=(0, 1), metavar="I/K",
+                   help="with --shards-dir: run every K-th shard from I (separate processes or machines)")
+    p.add_argument("--recompute", action="store_true", help="with --shards-dir: recompute finished shards")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("merge", help="assemble the finished shards of sharded evaluations")
+    _add_eval_args(p)
+    p.add_argument("--shards-dir", required=True)
+    p.set_defaults(func=cmd_merge)
     p = sub.add_parser("lr-find", help="LR range test under FBF")
     _add_train_args(p)
     p.add_argument("--start-lr", type=float, default=1e-5)

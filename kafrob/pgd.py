@@ -81,33 +81,48 @@ def default_jit() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def pgd_restarts(model: keras.Model, x, y_attack, config: PGDConfig = PGDConfig(), *, seed: int = 0,
+                 jit_compile: bool | None = None, on_restart=None) -> tuple[np.ndarray, np.ndarray]:
+    """Attack ``y_attack`` with ``config.restarts`` PGD runs, each only on the images no earlier run fooled.
+
+    Returns (x_adv, first_restart): the first run that changed the label, -1 where none did; x_adv holds
+    that run's example, or the last run's where none did. Run r draws its random start with the seed
+    (seed, r) over the images it attacks.
+    """
+    if jit_compile is None:
+        jit_compile = default_jit()
+    run = _compiled_run(model, jit_compile)
+    x = np.asarray(x, np.float32)
+    best = x.copy()
+    first = np.full(len(x), -1, np.int32)
+    y_attack = np.asarray(y_attack, np.int32)
+    for r in range(config.restarts):
+        todo = np.flatnonzero(first < 0)
+        if not len(todo):
+            break
+        x_adv = run(tf.constant(x[todo]), tf.constant(y_attack[todo]),
+                    tf.constant([seed, r], tf.int64), tf.constant(config.eps, tf.float32),
+                    tf.constant(config.step, tf.float32), tf.constant(config.iterations), config.random_start)
+        wrong = predict(model, x_adv).numpy() != y_attack[todo]
+        keep = wrong | (r == config.restarts - 1)
+        best[todo[keep]] = x_adv.numpy()[keep]
+        first[todo[wrong]] = r
+        if on_restart is not None:
+            on_restart(r)
+    return best, first
+
+
 def pgd_attack(model: keras.Model, x, y, config: PGDConfig = PGDConfig(), *, seed: int = 0,
                jit_compile: bool | None = None, on_restart=None) -> tuple[np.ndarray, np.ndarray]:
     """Attack one batch: returns (x_adv, fooled) where fooled[i] says some restart changed the label.
 
     ``y`` are the true labels; with label_mode 'predicted' the attack targets the model's clean
     predictions instead (the thesis's ART evaluation), and ``fooled`` is relative to those.
-    ``jit_compile=None`` uses XLA where it pays (``default_jit``).
+    ``jit_compile=None`` uses XLA where it pays (``default_jit``). Restarts attack only the images that
+    earlier restarts did not fool (``pgd_restarts``).
     """
-    if jit_compile is None:
-        jit_compile = default_jit()
-    x = tf.convert_to_tensor(x, tf.float32)
-    y_true = tf.convert_to_tensor(y, tf.int32)
-    y_attack = predict(model, x) if config.label_mode == "predicted" else y_true
-    run = _compiled_run(model, jit_compile)
-    best = x
-    fooled = tf.zeros_like(y_attack, dtype=tf.bool)
-    for r in range(config.restarts):
-        x_adv = run(x, y_attack, tf.constant([seed, r], tf.int64), tf.constant(config.eps, tf.float32),
-                    tf.constant(config.step, tf.float32), tf.constant(config.iterations),
-                    config.random_start)
-        wrong = tf.not_equal(predict(model, x_adv), y_attack)
-        take = tf.logical_or(tf.logical_and(wrong, tf.logical_not(fooled)),
-                             tf.logical_and(tf.logical_not(fooled), r == config.restarts - 1))
-        best = tf.where(take[:, None, None, None], x_adv, best)
-        fooled = tf.logical_or(fooled, wrong)
-        if on_restart is not None:
-            on_restart(r)
-        if bool(tf.reduce_all(fooled)):
-            break
-    return best.numpy(), fooled.numpy()
+    x = np.asarray(x, np.float32)
+    y_attack = predict(model, tf.constant(x)).numpy() if config.label_mode == "predicted" else np.asarray(y)
+    x_adv, first = pgd_restarts(model, x, y_attack, config, seed=seed, jit_compile=jit_compile,
+                                on_restart=on_restart)
+    return x_adv, first >= 0

@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kafrob.checkpoints import ENV_VAR as CHECKPOINT_ENV_VAR
 from kafrob.data import ENV_VAR, Cifar10, load_cifar10
+
+# Where a checkout's sibling folder shared/ keeps the released checkpoints when nothing else is set.
+SHARED_CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "thesis" / "checkpoints"
 
 
 def write_batch(path: Path, n: int, seed: int) -> None:
@@ -38,3 +42,12 @@ def cifar() -> Cifar10:
     if not os.environ.get(ENV_VAR):
         pytest.skip(f"{ENV_VAR} is not set")
     return load_cifar10()
+
+
+@pytest.fixture(scope="session")
+def shared_checkpoints() -> Path:
+    """The folder of the released thesis zips: $KAFROB_CHECKPOINT_DIR, else ../shared; skipped where neither is."""
+    folder = Path(os.environ.get(CHECKPOINT_ENV_VAR) or SHARED_CHECKPOINTS)
+    if not folder.is_dir():
+        pytest.skip(f"no released checkpoints ({CHECKPOINT_ENV_VAR} unset, {SHARED_CHECKPOINTS} absent)")
+    return folder

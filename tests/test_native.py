@@ -5,6 +5,13 @@ Their equivalence with the direct formula (values, gradients; eager, graph, XLA)
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,7 +44,7 @@ def _float64_reference(x, coeffs, upstream, size=D, boundary=BOUNDARY):
             kaf_reference(x, np.abs(coeffs), points, gamma))
 
 
-@pytest.mark.parametrize("channels", [16, 64, 5], ids=["8-lane", "8-lane-wide", "scalar"])
+@pytest.mark.parametrize("channels", [16, 64, 5], ids=["vector", "vector-wide", "scalar"])
 def test_large_inputs_split_across_threads(ops, channels):
     """Inputs large enough for several threads; channel counts for the vector and the scalar lanes."""
     rng = np.random.default_rng(0)
@@ -130,6 +137,88 @@ def test_switches_and_missing_compiler(monkeypatch):
         native.load("1")
     with pytest.warns(RuntimeWarning, match="portable TensorFlow kernels.*no C.. compiler"):
         assert native.load("") is None
+
+
+def test_failed_build_is_tried_once_and_names_the_fix(tmp_path, monkeypatch):
+    """A compiler that fails (as TensorFlow's Eigen did with -march=native on AVX512-FP16 CPUs) is run once per
+    process, not by every layer or test that asks for the kernels; the message says what to do."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "failing-c++"
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'PacketMathFP16.h:748: error: expected initializer' >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("KAFROB_CACHE_DIR", str(tmp_path / "cache"))
+    for _ in range(3):
+        with pytest.raises(native.NativeBuildError, match="expected initializer.*Set CXX to another C.. compiler, "
+                                                          "or KAFROB_NATIVE=0"):
+            native.load("1")
+    with pytest.warns(RuntimeWarning, match="portable TensorFlow kernels"):
+        assert native.load("") is None
+    compiles = calls.read_text().count("x") - 1  # the first call is `--version` (part of the cache key)
+    assert compiles == 1
+
+
+# /proc/cpuinfo flags of CPUs TensorFlow runs on (the instruction sets that decide the target).
+CPUS = {
+    "haswell (AVX2)": "avx avx2 fma bmi1 bmi2 f16c movbe abm",
+    "zen3 (AVX2)": "avx avx2 fma bmi1 bmi2 f16c movbe abm sha_ni vaes",
+    "skylake-avx512": "avx avx2 fma bmi1 bmi2 f16c movbe abm avx512f avx512cd avx512bw avx512dq avx512vl",
+    "sapphirerapids (AVX512-FP16, AMX)": "avx avx2 fma bmi1 bmi2 f16c movbe abm avx512f avx512cd avx512bw avx512dq "
+                                         "avx512vl avx512_fp16 avx512_bf16 amx_tile amx_bf16 amx_int8",
+    "zen4 (AVX-512)": "avx avx2 fma bmi1 bmi2 f16c movbe abm avx512f avx512cd avx512bw avx512dq avx512vl "
+                      "avx512_bf16 avx512ifma avx512vbmi",
+    "sandybridge (AVX only)": "avx sse4_2 popcnt",
+}
+EXPECTED_TARGET = {"haswell (AVX2)": "x86-64-v3", "zen3 (AVX2)": "x86-64-v3", "skylake-avx512": "x86-64-v4",
+                   "sapphirerapids (AVX512-FP16, AMX)": "x86-64-v4", "zen4 (AVX-512)": "x86-64-v4",
+                   "sandybridge (AVX only)": "default"}
+# Fixed inputs: a vector-width channel count and a scalar one, values across and beyond the dictionary.
+_RUN_OPS = """
+import sys, numpy as np, tensorflow as tf
+ops = tf.load_op_library(sys.argv[1])
+rng = np.random.default_rng(0)
+out = {}
+for channels in (16, 5):
+    x = rng.normal(0, 2.5, (3000, channels)).astype(np.float32)
+    coeffs = rng.normal(0, 20, (channels, 20)).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    d = tf.constant([-3.0, 6 / 19, 19 ** 2 / 216], tf.float64)
+    value, slope = ops.kafrob_kaf(x, coeffs, d)
+    out[f"value{channels}"], out[f"slope{channels}"] = value.numpy(), slope.numpy()
+    out[f"grad{channels}"] = ops.kafrob_kaf_coefficient_gradient(x, upstream, coeffs, d).numpy()
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 targets")
+def test_every_x86_cpu_builds_and_computes_the_same(tmp_path):
+    """The library compiles for the target of every CPU above (no such CPU needed), and the targets this CPU
+    can run give bit-identical results (so the compiled kernels' results do not depend on the CPU)."""
+    assert {cpu: native.target(frozenset(flags.split())) for cpu, flags in CPUS.items()} == EXPECTED_TARGET
+    cxx = native.compiler()
+    targets = sorted(set(EXPECTED_TARGET.values()))
+
+    def build(target):
+        library = tmp_path / f"{target}.so"
+        native.compile_source(cxx, library, native.target_flags(target))
+        return library
+
+    with ThreadPoolExecutor(2) as pool:  # two cores: two compilers at once
+        libraries = dict(zip(targets, pool.map(build, targets), strict=True))
+    here = native.cpu_flags()
+    runnable = [t for t in targets if t == "default" or native.X86_TARGETS[t] <= here]
+    results = {}
+    for target in runnable:
+        out = tmp_path / f"{target}.npz"
+        subprocess.run([sys.executable, "-c", _RUN_OPS, str(libraries[target]), str(out)], check=True,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True)
+        results[target] = dict(np.load(out))
+    first, *others = runnable
+    for target in others:
+        for key, value in results[first].items():
+            np.testing.assert_array_equal(results[target][key], value, err_msg=f"{target} vs {first}: {key}")
+    print(json.dumps({"compiled": targets, "compared bit for bit": runnable}))
 
 
 def test_supported_dictionaries():

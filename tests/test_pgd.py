@@ -13,19 +13,12 @@ from kafrob.sanity import format_checks, sanity_checks
 
 
 @pytest.fixture(scope="module")
-def robust_model():
+def robust_model(shared_checkpoints, tmp_path_factory):
     """An FBF-trained ResNet20 (the thesis's released ReLU model), exact float32."""
-    from pathlib import Path
+    from kafrob.checkpoints import extract, fetch, import_resnet20, lookup
 
-    from kafrob.checkpoints import CheckpointError, extract, fetch, import_resnet20
-
-    zip_path = Path(__file__).resolve().parents[2] / "shared" / "thesis" / "checkpoints" / "resnet20_relu_ocrob_lrf.zip"
-    if not zip_path.exists():
-        try:  # $KAFROB_CHECKPOINT_DIR, the cache, or a verified download
-            zip_path = fetch("relu")
-        except CheckpointError as exc:
-            pytest.skip(f"released ReLU model not available: {exc}")
-    return import_resnet20(extract(zip_path, Path(__file__).parent / ".cache"), "relu", thesis_precision=False)
+    zip_path = fetch("relu", shared_checkpoints / lookup("relu").filename)
+    return import_resnet20(extract(zip_path, tmp_path_factory.mktemp("relu")), "relu", thesis_precision=False)
 
 
 def test_pgd_bounds_and_label_modes(robust_model, cifar):

@@ -45,12 +45,20 @@ struct Dictionary {
   }
 };
 
-// Lanes: each kernel is written once for a lane type: double (any channel count) or 8 doubles (GCC/Clang
-// vector extensions, compiled to AVX-512, AVX2 or SSE as the machine allows), used when the channel count
-// is a multiple of 8 so that a vector of consecutive elements has consecutive channels.
-typedef double V8 __attribute__((vector_size(64)));
-typedef int64_t I8 __attribute__((vector_size(64)));
-typedef float F8 __attribute__((vector_size(32)));
+// Lanes: each kernel is written once for a lane type: double (any channel count) or a vector of kVector
+// doubles (GCC/Clang vector extensions: one SIMD register of the target), used when the channel count is a
+// multiple of kVector so that a vector of consecutive elements has consecutive channels. Every lane computes
+// the same operations in the same order, so the width does not change a result. The width follows the
+// target (kafrob.native builds for x86-64-v4 or x86-64-v3): wider than the registers, GCC 12 lowers vector
+// comparisons and selects to scalar code (8 doubles on AVX2: the layer 7x slower, docs/kernels.md).
+#if defined(__AVX512F__)
+constexpr int kVector = 8;
+#else
+constexpr int kVector = 4;
+#endif
+typedef double VD __attribute__((vector_size(8 * kVector)));
+typedef int64_t VI __attribute__((vector_size(8 * kVector)));
+typedef float VF __attribute__((vector_size(4 * kVector)));
 
 template <typename V>
 struct Lanes;
@@ -64,24 +72,24 @@ struct Lanes<double> {
   static void Store(double* p, double v) { *p = v; }
 };
 template <>
-struct Lanes<V8> {
-  using Int = I8;
-  static constexpr int kWidth = 8;
-  static V8 Load(const float* p) {
-    F8 f;
+struct Lanes<VD> {
+  using Int = VI;
+  static constexpr int kWidth = kVector;
+  static VD Load(const float* p) {
+    VF f;
     std::memcpy(&f, p, sizeof f);
-    return __builtin_convertvector(f, V8);
+    return __builtin_convertvector(f, VD);
   }
-  static V8 Load(const double* p) {
-    V8 v;
+  static VD Load(const double* p) {
+    VD v;
     std::memcpy(&v, p, sizeof v);
     return v;
   }
-  static void Store(float* p, V8 v) {
-    const F8 f = __builtin_convertvector(v, F8);
+  static void Store(float* p, VD v) {
+    const VF f = __builtin_convertvector(v, VF);
     std::memcpy(p, &f, sizeof f);
   }
-  static void Store(double* p, V8 v) { std::memcpy(p, &v, sizeof v); }
+  static void Store(double* p, VD v) { std::memcpy(p, &v, sizeof v); }
 };
 
 // exp(x) for x clamped to [-708, 708]: x = n ln2 + r with |r| <= ln2 / 2, a degree-9 Taylor polynomial for
@@ -241,8 +249,8 @@ static void Moments(const float* x, const float* upstream, int64_t rows, int64_t
 static void ValueAndSlope(const float* x, const float* coeffs, int64_t rows, int64_t channels, const Dictionary& d,
                           float* value, float* slope) {
   const std::vector<double> table = HornerTable(coeffs, channels, d);
-  if (channels % Lanes<V8>::kWidth == 0) {
-    ValueAndSlopeLanes<V8>(x, table.data(), rows, channels, d, value, slope);
+  if (channels % Lanes<VD>::kWidth == 0) {
+    ValueAndSlopeLanes<VD>(x, table.data(), rows, channels, d, value, slope);
   } else {
     ValueAndSlopeLanes<double>(x, table.data(), rows, channels, d, value, slope);
   }
@@ -254,8 +262,8 @@ static void CoefficientGradient(const float* x, const float* upstream, int64_t r
   const int size = d.size;
   const int64_t threads = Threads(rows * channels * size);
   std::vector<double> partial(threads * size * channels, 0.0);
-  if (channels % Lanes<V8>::kWidth == 0) {
-    Moments<V8>(x, upstream, rows, channels, d, threads, partial.data());
+  if (channels % Lanes<VD>::kWidth == 0) {
+    Moments<VD>(x, upstream, rows, channels, d, threads, partial.data());
   } else {
     Moments<double>(x, upstream, rows, channels, d, threads, partial.data());
   }

@@ -1,0 +1,138 @@
+"""Sharded evaluation: a fixed stratified order, atomic shards, resume after a kill, merge checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import write_batch
+
+from kafrob import shards
+from kafrob.data import Cifar10
+from kafrob.pgd import PGDConfig
+
+ATTACK = PGDConfig(iterations=20, restarts=3, label_mode="predicted")
+
+
+def test_evaluation_order_is_a_stratified_permutation():
+    labels = np.repeat(np.arange(10), 1000)
+    order = shards.evaluation_order(labels, seed=0)
+    assert sorted(order) == list(range(10_000))
+    for n in (10, 200, 2000):  # every prefix of 10k images holds k of each class
+        assert np.all(np.bincount(labels[order[:n]], minlength=10) == n // 10)
+    assert not np.array_equal(order, shards.evaluation_order(labels, seed=1))
+    with pytest.raises(ValueError, match="equally many"):
+        shards.evaluation_order(np.array([0, 0, 1]))
+
+
+def test_shards_for_workers():
+    spec = shards.ShardSpec("m.keras", ATTACK, shard_images=100)
+    assert shards.shards_for(1000, spec) == list(range(10))
+    assert shards.shards_for(1000, spec, (1, 3)) == [1, 4, 7]
+    with pytest.raises(ValueError, match="multiple of the shard size"):
+        shards.shards_for(250, spec)
+    with pytest.raises(ValueError, match="i/k"):
+        shards.shards_for(1000, spec, (3, 3))
+    with pytest.raises(ValueError, match="multiple of 10"):
+        shards.ShardSpec("m.keras", ATTACK, shard_images=15)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A 100-image CIFAR-like test set (10 per class) and a small trained-enough Keras model file."""
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", 20, i)
+    write_batch(folder / "test_batch", 100, 0)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    return tmp_path / "data", path
+
+
+def _evaluate(data_dir, model_path, out_dir, **popen):
+    cmd = [sys.executable, "-m", "kafrob.cli", "evaluate", "--checkpoint", str(model_path), "--labels", "predicted",
+           "true", "--n", "100", "--shard-images", "10", "--iterations", "20", "--restarts", "3",
+           "--shards-dir", str(out_dir)]
+    env = {**os.environ, "KAFROB_DATA_DIR": str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _specs(model_path):
+    return [shards.ShardSpec(str(model_path), PGDConfig(iterations=20, restarts=3, label_mode=m), shard_images=10)
+            for m in ("predicted", "true")]
+
+
+def test_killed_evaluation_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    data_dir, model_path = tiny
+    straight = _evaluate(data_dir, model_path, tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    victim = _evaluate(data_dir, model_path, interrupted)
+    deadline = time.time() + 300
+    while len(list(interrupted.rglob("shard-*.npz"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finished = len(list(interrupted.rglob("shard-*.npz")))
+    assert 3 <= finished < 20, "the kill should land between the first and the last shard"
+    stamps = {p: p.stat().st_mtime_ns for p in interrupted.rglob("shard-*.npz")}
+    resumed = _evaluate(data_dir, model_path, interrupted)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert err.count("1 of 1 shards done, 0 to run") == finished  # progress says what was already done
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "a finished shard was recomputed"
+    out_straight, err_straight = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err_straight
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "cpu_seconds"} for r in rows]  # noqa: E731
+    assert drop_time(json.loads(out)) == drop_time(json.loads(out_straight))  # the merged summaries
+    for spec in _specs(model_path):
+        a, b = shards.merge(spec, interrupted), shards.merge(spec, tmp_path / "straight")
+        assert a.n == b.n == 100 and a.shards == b.shards == tuple(range(10))
+        for field in shards.FIELDS:
+            np.testing.assert_array_equal(a.arrays[field], b.arrays[field])
+
+
+def _data(n_per_class=2):
+    y = np.repeat(np.arange(10), n_per_class)
+    x = np.random.default_rng(0).integers(0, 256, (len(y), 32, 32, 3), dtype=np.uint8)
+    return Cifar10(x, y, x, y, "synthetic")
+
+
+def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    spec = shards.ShardSpec("tiny", PGDConfig(iterations=2, restarts=2), shard_images=10)
+    data = _data()
+    paths = shards.run(spec, [0, 1], tmp_path, load_model=lambda _: model, data=data, progress=lambda _: None)
+    merged = shards.merge(spec, tmp_path)
+    assert merged.n == 20 and merged.shards == (0, 1)
+    assert shards.merge(spec, tmp_path, [1]).n == 10
+    with pytest.raises(shards.ShardError, match=r"shards \[2\] are not finished"):
+        shards.merge(spec, tmp_path, [1, 2])
+    other = shards.load_shard(paths[1])
+    other["header"]["onednn"] = not other["header"]["onednn"]
+    shards.save_shard(paths[1], other)
+    with pytest.raises(shards.ShardError, match="another onednn"):
+        shards.merge(spec, tmp_path)
+    with pytest.raises(shards.ShardError, match="no finished shard"):
+        shards.merge(shards.ShardSpec("other", spec.attack, shard_images=10), tmp_path)
+
+
+def test_restarts_run_only_on_images_not_yet_fooled(tmp_path):
+    """first_restart is -1 exactly where the adversarial prediction still equals the attacked label."""
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    spec = shards.ShardSpec("tiny", PGDConfig(iterations=1, restarts=4, eps=0.5 / 255, step=0.5 / 255),
+                            shard_images=20)
+    result = shards.run_shard(model, _data(), spec, 0)
+    fooled = result["first_restart"] >= 0
+    np.testing.assert_array_equal(fooled, result["adv_pred"] != result["attack_label"])
+    assert set(result["first_restart"]) <= {-1, 0, 1, 2, 3}
