@@ -19,10 +19,11 @@ def _train_config(args):
                        fbf=FBFConfig(clip_start=args.clip_start, adversarial=not args.clean))
 
 
-def _add_eval_args(p):
+def _add_eval_args(p, models: bool = True):
     from kafrob.shards import SHARD_IMAGES
 
-    p.add_argument("--checkpoint", required=True, nargs="+", help="thesis:resnet20-<act> or a .keras file")
+    if models:
+        p.add_argument("--checkpoint", required=True, nargs="+", help="thesis:resnet20-<act> or a .keras file")
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--restarts", type=int, default=10)
     p.add_argument("--labels", default=["true"], nargs="+", choices=("true", "predicted"))
@@ -129,6 +130,43 @@ def cmd_merge(args) -> int:
     from kafrob.shards import merge
 
     print(json.dumps([_merged_summary(merge(s, Path(args.shards_dir))) for s in _specs(args)], indent=2))
+    return 0
+
+
+def cmd_verdict(args) -> int:
+    """Tables, figure and readings of the released models from whatever shards are finished."""
+    from kafrob import atomic, verdict
+    from kafrob.bench import REFERENCE_DIR
+    from kafrob.checkpoints import THESIS_CHECKPOINTS
+    from kafrob.experiments import BY_ID
+    from kafrob.shards import ShardError, merge
+
+    args.checkpoint = [f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS]
+    merged = {}
+    for spec in _specs(args):
+        try:
+            merged[(spec.model.removeprefix("thesis:resnet20-"), spec.attack.label_mode)] = merge(
+                spec, Path(args.shards_dir))
+        except ShardError as exc:
+            print(f"left out: {exc}", file=sys.stderr)
+    if not merged:
+        raise ValueError(f"no finished shards in {args.shards_dir}; run `kafrob evaluate ... --shards-dir` first")
+    rows = verdict.common_rows(merged)
+    thesis = {a: (BY_ID[f"resnet20-{a}"].thesis_accuracy, BY_ID[f"resnet20-{a}"].thesis_robustness)
+              for a in THESIS_CHECKPOINTS}
+    comparisons = verdict.compare_all(rows)
+    header = next(iter(merged.values())).header
+    md = (f"# Released thesis ResNet20 models: PGD-{args.iterations}x{args.restarts}\n\n"
+          f"{next(iter(rows.values())).n} common test images (stratified, kafrob.shards order, seed {args.seed}); "
+          f"arithmetic: oneDNN {'on' if header['onednn'] else 'off'}, {'+'.join(header['isa'])}; "
+          f"TF {header['tensorflow']}.\n\n{verdict.rows_table(rows, thesis)}\n## Paired comparisons\n\n"
+          f"{verdict.comparison_table(comparisons)}\n## Readings\n\n"
+          + "".join(f"* {verdict.reading(c)}\n" for c in comparisons if c.metric == "robust"))
+    stem = Path(args.out) if args.out else REFERENCE_DIR / "checkpoints_verdict"
+    atomic.write_text(stem.with_suffix(".md"), md)
+    png = verdict.figure_png(rows, thesis, f"PGD-{args.iterations}x{args.restarts}")
+    atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))
+    print(md)
     return 0
 
 
@@ -250,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --shards-dir: run every K-th shard from I (separate processes or machines)")
     p.add_argument("--recompute", action="store_true", help="with --shards-dir: recompute finished shards")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("verdict", help="the released models' table, paired comparisons and figure from shards")
+    _add_eval_args(p, models=False)
+    p.add_argument("--shards-dir", required=True)
+    p.add_argument("--out", default=None, help="stem of the .md/.png (default reference_results/checkpoints_verdict)")
+    p.set_defaults(func=cmd_verdict, labels=["predicted", "true"])
     p = sub.add_parser("merge", help="assemble the finished shards of sharded evaluations")
     _add_eval_args(p)
     p.add_argument("--shards-dir", required=True)

@@ -100,3 +100,62 @@ def reading(c: Comparison) -> str:
         return f"{c.a} is worse than {c.b} ({c.metric}, {c.label_mode} labels) by {-hi:.1f} to {-lo:.1f} points"
     return (f"{c.a} vs {c.b} ({c.metric}, {c.label_mode} labels): undecided at n={c.result.n}, "
             f"the difference lies in [{lo:+.1f}, {hi:+.1f}] points")
+
+
+def rows_table(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]]) -> str:
+    """Per row: clean and robust accuracy per label mode with Wilson 95% intervals, and the thesis's numbers."""
+    modes = sorted({mode for _, mode in rows})
+    head = ("| activation | n | clean % [95% CI] | thesis acc % | "
+            + " | ".join(f"PGD {m} labels % [95% CI]" for m in modes) + " | thesis rob % (predicted labels) |\n"
+            + "|---|---|---|---|" + "---|" * len(modes) + "---|\n")
+    body = ""
+    for act in dict.fromkeys(a for a, _ in rows):
+        first = rows[(act, modes[0])]
+        clean, (lo, hi) = first.accuracy("clean")
+        cells = []
+        for m in modes:
+            if (act, m) in rows:
+                r, (rlo, rhi) = rows[(act, m)].accuracy("robust")
+                cells.append(f"{100 * r:.2f} [{100 * rlo:.1f}, {100 * rhi:.1f}]")
+            else:
+                cells.append("-")
+        acc, rob = thesis.get(act, (float("nan"), float("nan")))
+        body += (f"| {act} | {first.n} | {100 * clean:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | {acc:.2f} | "
+                 + " | ".join(cells) + f" | {rob:.2f} |\n")
+    return head + body
+
+
+def figure_png(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]], attack: str) -> bytes:
+    """Robust accuracy per row with 95% intervals, one marker per label mode, the thesis's points overlaid."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acts = list(dict.fromkeys(a for a, _ in rows))
+    modes = sorted({mode for _, mode in rows})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for j, mode in enumerate(modes):
+        xs, ys, err = [], [], [[], []]
+        for i, act in enumerate(acts):
+            if (act, mode) in rows:
+                r, (lo, hi) = rows[(act, mode)].accuracy("robust")
+                xs.append(i + (j - (len(modes) - 1) / 2) * 0.2)
+                ys.append(100 * r)
+                err[0].append(100 * (r - lo))
+                err[1].append(100 * (hi - r))
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=f"kafrob, {attack}, {mode} labels")
+    tx = [i for i, a in enumerate(acts) if a in thesis]
+    ax.scatter(tx, [thesis[acts[i]][1] for i in tx], marker="x", color="black", label="thesis (predicted labels)")
+    ax.set_xticks(range(len(acts)), acts, rotation=30)
+    ax.set_ylabel("robust accuracy % (95% CI)")
+    n = next(iter(rows.values())).n
+    ax.set_title(f"Released thesis ResNet20 models, n = {n} common test images")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
