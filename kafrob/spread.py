@@ -57,6 +57,23 @@ def tolerances(reference: dict[str, dict], runs: dict[str, dict[str, dict]]) -> 
     return out
 
 
+def detected(reference: dict[str, dict], runs: dict[str, dict[str, dict]], tol: dict) -> dict[str, str]:
+    """Per metric, how many cases of the other-seed runs fall outside the tolerance: how well the pinned
+    values tell a changed training trajectory from another CPU's rounding."""
+    out = {}
+    for metric in METRICS:
+        hits = total = 0
+        for name, cases in runs.items():
+            if RUN_NAME.match(name)["seed"] == "0":
+                continue
+            for case, m in cases.items():
+                if case in reference and m.get(metric) is not None:
+                    total += 1
+                    hits += abs(m[metric] - reference[case][metric]) > tol[metric]["tolerance"]
+        out[metric] = f"{hits} of {total}"
+    return out
+
+
 def table(reference: dict[str, dict], runs: dict[str, dict[str, dict]]) -> str:
     names = sorted(runs, key=lambda n: (RUN_NAME.match(n)["seed"] != "0", n))
     head = "| case | reference | " + " | ".join(names) + " |\n|---|---|" + "---|" * len(names) + "\n"
@@ -78,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     from kafrob.bench import environment
 
     machine = {k: v for k, v in environment().items() if k not in ("onednn", "kaf_kernels", "kaf_target")}
+    found = detected(reference, runs, tol)
     payload = {"reference": {"file": reference_file.name, "environment": stored.get("environment")},
-               "runs_machine": machine,
-               "margin": MARGIN, "tolerances": tol, "runs": runs}
+               "runs_machine": machine, "margin": MARGIN, "tolerances": tol, "other_seeds_outside": found,
+               "runs": runs}
     atomic.write_json(REFERENCE_DIR / "smoke_spread.json", payload)
     lines = "\n".join(f"* {m}: largest deviation {t['max_deviation']:.3f} ({t['where']}) -> tolerance "
-                      f"+-{t['tolerance']:g}" for m, t in tol.items())
+                      f"+-{t['tolerance']:g}; cases of other seeds outside it: {found[m]}" for m, t in tol.items())
     md = (f"# Smoke tier: spread over arithmetic and seeds\n\nEach cell: clean % / PGD % / last-epoch training "
           f"loss. Reference: `{reference_file.name}` ({stored.get('environment', {}).get('processor', '?')}, "
           f"KAF kernels {stored.get('environment', {}).get('kaf_kernels')}). Runs: `nox -s spread` on "
