@@ -1,4 +1,4 @@
-"""`kafrob train | evaluate | lr-find | sanity | table | regenerate`."""
+"""`kafrob train | evaluate | merge | verdict | lr-find | sanity | table | regenerate`."""
 
 from __future__ import annotations
 
