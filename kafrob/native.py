@@ -94,14 +94,12 @@ def target_flags(name: str) -> tuple[str, ...]:
     return () if name == "default" else (f"-march={name}",)
 
 
-def command(compiler: str, output: Path, flags: tuple[str, ...], *, link: bool = True) -> list[str]:
-    """The compile command with target ``flags`` (``link=False``: an object file only, as the multi-target
-    test does)."""
+def command(compiler: str, output: Path, flags: tuple[str, ...]) -> list[str]:
+    """The command that compiles and links the library with target ``flags``."""
     include = Path(tf.sysconfig.get_include())
-    linking = ["-shared", *tf.sysconfig.get_link_flags(), "-l:libtensorflow_cc.so.2"] if link else ["-c"]
-    return [compiler, str(SOURCE), "-o", str(output), "-fPIC", "-O3", *flags, "-w",
+    return [compiler, str(SOURCE), "-o", str(output), "-shared", "-fPIC", "-O3", *flags, "-w",
             f"-I{SOURCE_DIR / 'include'}", f"-I{include / 'external' / 'farmhash_archive' / 'src'}",
-            *tf.sysconfig.get_compile_flags(), *linking]
+            *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags(), "-l:libtensorflow_cc.so.2"]
 
 
 def compiler() -> str:
@@ -120,9 +118,9 @@ def _library_path(cxx: str, flags: tuple[str, ...]) -> Path:
     return cache_root() / "native" / f"kaf_cpu-{key.hexdigest()[:16]}.so"
 
 
-def compile_source(cxx: str, output: Path, flags: tuple[str, ...], *, link: bool = True) -> None:
+def compile_source(cxx: str, output: Path, flags: tuple[str, ...]) -> None:
     """Run the compiler; a failure raises NativeBuildError with the compiler's last lines and the fixes."""
-    done = subprocess.run(command(cxx, output, flags, link=link), capture_output=True, text=True)
+    done = subprocess.run(command(cxx, output, flags), capture_output=True, text=True)
     if done.returncode != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise NativeBuildError(f"compiling {SOURCE.name} with {cxx} {' '.join(flags) or '(default target)'} "
