@@ -89,7 +89,8 @@ def test_killed_evaluation_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     resumed = _evaluate(data_dir, model_path, interrupted)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert err.count("1 of 1 shards done, 0 to run") == finished  # progress says what was already done
+    assert f"kafrob: {finished} of 20 shards done, {20 - finished} to run" in err  # progress: what was done
+    assert f"kafrob: [{20 - finished}/{20 - finished}]" in err and "ETA" in err
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "a finished shard was recomputed"
     out_straight, err_straight = straight.communicate(timeout=600)
     assert straight.returncode == 0, err_straight
