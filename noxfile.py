@@ -55,7 +55,7 @@ def smoke(session: nox.Session) -> None:
     session.run("python", "-m", "kafrob.cli", "table", "--tier", "smoke", env=_env())
 
 
-# The smoke tier's spread (kafrob.spread): seed 0 under every arithmetic path, and two other seeds.
+# The smoke tier's spread (kafrob.spread): seed 0 under every arithmetic path, and another seed.
 SPREAD_RUNS = [(0, 1, "compiled"), (0, 0, "compiled"), (0, 1, "portable"), (0, 0, "portable"), (1, 1, "compiled")]
 
 

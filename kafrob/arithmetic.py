@@ -44,9 +44,9 @@ def cpu_model() -> str:
 def describe() -> dict:
     """The arithmetic fields of a results header: oneDNN, the CPU instruction sets that change TensorFlow's
     kernels, and the KAF kernels."""
-    flags = native.cpu_flags()
+    flags, kernels = native.cpu_flags(), kaf_kernels()
     return {"onednn": onednn_enabled(), "isa": [f for f in native.ISA_FEATURES if f in flags],
-            "kaf_kernels": kaf_kernels(), "kaf_target": native.target() if kaf_kernels() == "compiled" else None}
+            "kaf_kernels": kernels, "kaf_target": native.target() if kernels == "compiled" else None}
 
 
 def label(arithmetic: dict) -> str:
