@@ -105,18 +105,10 @@ def _merged_summary(merged) -> dict:
 
 def cmd_evaluate_shards(args) -> int:
     """Sharded, resumable: shard-major over every model and label mode, so all rows cover the same images."""
-    import time
-
     from kafrob.data import load_cifar10
     from kafrob.shards import merge, run, shards_for
 
     specs, root = _specs(args), Path(args.shards_dir)
-    plan = [(shard, spec) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs]
-    todo = [(shard, spec) for shard, spec in plan if args.recompute or not spec.shard_path(root, shard).exists()]
-    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
-    say(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run "
-        f"({len(todo) * specs[0].shard_images} images)")
-    data = load_cifar10(args.data_dir) if todo else None
     models: dict = {}
 
     def load(spec_model):
@@ -125,12 +117,9 @@ def cmd_evaluate_shards(args) -> int:
             models[spec_model] = _load_model(spec_model)
         return models[spec_model]
 
-    started = time.time()
-    for i, (shard, spec) in enumerate(todo, 1):
-        run(spec, [shard], root, load_model=load, data=data, recompute=args.recompute, progress=lambda _: None)
-        eta = (time.time() - started) / i * (len(todo) - i)
-        say(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} done; "
-            f"{i * spec.shard_images} images this run, ETA {eta / 60:.0f} min")
+    run([(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs], root,
+        load_model=load, load_data=lambda: load_cifar10(args.data_dir), recompute=args.recompute,
+        progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps([_merged_summary(merge(s, root)) for s in specs], indent=2))
     return 0
 

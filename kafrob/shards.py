@@ -138,25 +138,27 @@ def load_shard(path: Path) -> dict:
         return {**{f: z[f] for f in FIELDS}, "header": json.loads(str(z["header"]))}
 
 
-def run(spec: ShardSpec, shards: Iterable[int], root: Path, *, load_model: Callable[[str], object], data,
-        progress: Callable[[str], None] = print, recompute: bool = False) -> list[Path]:
-    """Run every listed shard that has no file yet (all of them with ``recompute``); the model is loaded only
-    if something is left to do. Returns the shard files."""
-    shards = list(shards)
-    todo = [s for s in shards if recompute or not spec.shard_path(root, s).exists()]
-    progress(f"{spec.model} {spec.attack_id}: {len(shards) - len(todo)} of {len(shards)} shards done, "
-             f"{len(todo)} to run")
-    model = load_model(spec.model) if todo else None
-    started = time.time()
-    for i, shard in enumerate(todo, 1):
-        result = run_shard(model, data, spec, shard)
+def run(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
+        load_data: Callable[[], object], progress: Callable[[str], None] = print,
+        recompute: bool = False) -> list[Path]:
+    """Run every (spec, shard) of ``plan`` that has no file yet (all of them with ``recompute``), in order; data
+    and models are loaded only if something is left to do. Progress covers the whole plan. Returns the files."""
+    plan = list(plan)
+    todo = [(spec, shard) for spec, shard in plan if recompute or not spec.shard_path(root, shard).exists()]
+    images = sum(spec.shard_images for spec, _ in todo)
+    progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
+    data = load_data() if todo else None
+    started, done_images = time.time(), 0
+    for i, (spec, shard) in enumerate(todo, 1):
+        result = run_shard(load_model(spec.model), data, spec, shard)
         save_shard(spec.shard_path(root, shard), result)
-        per_shard = (time.time() - started) / i
+        done_images += spec.shard_images
         robust = float(np.mean(result["adv_pred"] == result["label"]))
-        progress(f"  shard {shard}: {spec.shard_images} images, robust {100 * robust:.1f}%, "
-                 f"{result['header']['seconds']:.0f} s; {i}/{len(todo)} done, "
-                 f"ETA {per_shard * (len(todo) - i) / 60:.1f} min")
-    return [spec.shard_path(root, s) for s in shards]
+        eta = (time.time() - started) / i * (len(todo) - i)
+        progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} done "
+                 f"(robust {100 * robust:.1f}%, {result['header']['seconds']:.0f} s); {done_images} images this "
+                 f"run, ETA {eta / 60:.0f} min")
+    return [spec.shard_path(root, shard) for spec, shard in plan]
 
 
 @dataclass(frozen=True)

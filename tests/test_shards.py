@@ -113,7 +113,10 @@ def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
     spec = shards.ShardSpec("tiny", PGDConfig(iterations=2, restarts=2), shard_images=10)
     data = _data()
-    paths = shards.run(spec, [0, 1], tmp_path, load_model=lambda _: model, data=data, progress=lambda _: None)
+    lines = []
+    paths = shards.run([(spec, 0), (spec, 1)], tmp_path, load_model=lambda _: model, load_data=lambda: data,
+                       progress=lines.append)
+    assert lines[0] == "kafrob: 0 of 2 shards done, 2 to run (20 images)" and "ETA" in lines[-1]
     merged = shards.merge(spec, tmp_path)
     assert merged.n == 20 and merged.shards == (0, 1)
     assert shards.merge(spec, tmp_path, [1]).n == 10
