@@ -49,6 +49,15 @@ def describe() -> dict:
             "kaf_kernels": kernels, "kaf_target": native.target() if kernels == "compiled" else None}
 
 
+def results_key(arithmetic: dict) -> dict:
+    """The arithmetic fields that can change a result: the CPU's instruction sets only with oneDNN on (TensorFlow's
+    Eigen kernels are compiled for one baseline and do not dispatch by CPU; the compiled KAF kernels give
+    identical results on every target, tests/test_native.py)."""
+    onednn = bool(arithmetic.get("onednn"))
+    return {"onednn": onednn, "isa": list(arithmetic.get("isa", [])) if onednn else "any",
+            "kaf_kernels": arithmetic.get("kaf_kernels")}
+
+
 def label(arithmetic: dict) -> str:
     """One line for tables and failure messages."""
     isa = "+".join(arithmetic.get("isa", [])) or "?"

@@ -43,15 +43,19 @@ def predict(model: keras.Model, x: tf.Tensor) -> tf.Tensor:
     return tf.argmax(_logits(model, x), -1, output_type=tf.int32)
 
 
-def pgd_run(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, *, eps: float, step: float,
-            iterations: int, random_start: bool) -> tf.Tensor:
-    """One PGD run (no restarts): the adversarial batch."""
+def random_starts(ids: np.ndarray, seed: int, restart: int, shape: tuple[int, ...], eps: float) -> np.ndarray:
+    """Uniform [-eps, eps] starting perturbations, one stream per (seed, restart, image id): an image's start
+    does not depend on which other images share its batch, so results do not depend on the batching."""
+    return np.stack([np.random.default_rng([seed, restart, int(i)]).uniform(-eps, eps, shape).astype(np.float32)
+                     for i in ids]) if len(ids) else np.zeros((0, *shape), np.float32)
+
+
+def pgd_run(model: keras.Model, x: tf.Tensor, y: tf.Tensor, start: tf.Tensor, *, eps: float, step: float,
+            iterations: int) -> tf.Tensor:
+    """One PGD run (no restarts) from ``x + start`` (clipped to the image range): the adversarial batch."""
     x = tf.cast(x, tf.float32)
     y = tf.cast(y, tf.int32)
-    if random_start:
-        x_adv = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), seed, -eps, eps), 0.0, 1.0)
-    else:
-        x_adv = x
+    x_adv = tf.clip_by_value(x + tf.cast(start, tf.float32), 0.0, 1.0)
     for _ in tf.range(iterations):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
@@ -68,8 +72,8 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _compiled_run(model: keras.Model, jit_compile: bool):
     per_model = _COMPILED.setdefault(model, {})
     if jit_compile not in per_model:
-        def run(x, y, seed, eps, step, iterations, random_start):
-            return pgd_run(model, x, y, seed, eps=eps, step=step, iterations=iterations, random_start=random_start)
+        def run(x, y, start, eps, step, iterations):
+            return pgd_run(model, x, y, start, eps=eps, step=step, iterations=iterations)
 
         per_model[jit_compile] = tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
     return per_model[jit_compile]
@@ -82,12 +86,13 @@ def default_jit() -> bool:
 
 
 def pgd_restarts(model: keras.Model, x, y_attack, config: PGDConfig = PGDConfig(), *, seed: int = 0,
-                 jit_compile: bool | None = None, on_restart=None) -> tuple[np.ndarray, np.ndarray]:
+                 ids: np.ndarray | None = None, jit_compile: bool | None = None,
+                 on_restart=None) -> tuple[np.ndarray, np.ndarray]:
     """Attack ``y_attack`` with ``config.restarts`` PGD runs, each only on the images no earlier run fooled.
 
     Returns (x_adv, first_restart): the first run that changed the label, -1 where none did; x_adv holds
-    that run's example, or the last run's where none did. Run r draws its random start with the seed
-    (seed, r) over the images it attacks.
+    that run's example, or the last run's where none did. Run r starts image i from
+    ``random_starts([ids[i]], seed, r)`` (``ids``: e.g. test-set indices; default the batch positions).
     """
     if jit_compile is None:
         jit_compile = default_jit()
@@ -96,13 +101,16 @@ def pgd_restarts(model: keras.Model, x, y_attack, config: PGDConfig = PGDConfig(
     best = x.copy()
     first = np.full(len(x), -1, np.int32)
     y_attack = np.asarray(y_attack, np.int32)
+    ids = np.arange(len(x)) if ids is None else np.asarray(ids)
     for r in range(config.restarts):
         todo = np.flatnonzero(first < 0)
         if not len(todo):
             break
-        x_adv = run(tf.constant(x[todo]), tf.constant(y_attack[todo]),
-                    tf.constant([seed, r], tf.int64), tf.constant(config.eps, tf.float32),
-                    tf.constant(config.step, tf.float32), tf.constant(config.iterations), config.random_start)
+        start = (random_starts(ids[todo], seed, r, x.shape[1:], config.eps) if config.random_start
+                 else np.zeros_like(x[todo]))
+        x_adv = run(tf.constant(x[todo]), tf.constant(y_attack[todo]), tf.constant(start),
+                    tf.constant(config.eps, tf.float32), tf.constant(config.step, tf.float32),
+                    tf.constant(config.iterations))
         wrong = predict(model, x_adv).numpy() != y_attack[todo]
         keep = wrong | (r == config.restarts - 1)
         best[todo[keep]] = x_adv.numpy()[keep]

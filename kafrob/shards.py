@@ -32,9 +32,17 @@ if TYPE_CHECKING:
 
 SHARD_IMAGES = 200  # a multiple of 10: every prefix of whole shards is class-balanced (evaluation_order)
 FIELDS = ("index", "label", "clean_pred", "attack_label", "first_restart", "adv_pred")
-# Header fields that must agree for shards to be merged: they change the computed numbers. (The code version
-# is recorded, not compared: the checkpoints tier re-computes a stored shard and fails if the code changed it.)
-MUST_AGREE = ("spec", "onednn", "isa", "kaf_kernels", "tensorflow", "keras")
+# Header fields that must agree for shards to be merged: they change the computed numbers (the arithmetic by
+# kafrob.arithmetic.results_key). The code version is recorded, not compared: the checkpoints tier re-computes
+# a stored shard and fails if the code changed it.
+MUST_AGREE = ("spec", "arithmetic", "tensorflow", "keras")
+
+
+def agreement_key(header: dict) -> dict:
+    from kafrob.arithmetic import results_key
+
+    return {"spec": header.get("spec"), "arithmetic": results_key(header), "tensorflow": header.get("tensorflow"),
+            "keras": header.get("keras")}
 
 
 class ShardError(RuntimeError):
@@ -103,8 +111,20 @@ def _header(spec: ShardSpec, shard: int, seconds: float) -> dict:
             **environment()}
 
 
-def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHARD_IMAGES) -> dict:
-    """Per-example results of one shard (arrays of FIELDS) and its header."""
+def sibling(spec: ShardSpec) -> ShardSpec:
+    """The same evaluation in the other label mode."""
+    other = "true" if spec.attack.label_mode == "predicted" else "predicted"
+    return dataclasses.replace(spec, attack=dataclasses.replace(spec.attack, label_mode=other))
+
+
+def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHARD_IMAGES,
+              reuse: dict | None = None) -> dict:
+    """Per-example results of one shard (arrays of FIELDS) and its header.
+
+    ``reuse``: the same shard in the other label mode (``sibling``). Where both modes attack the same label
+    (the clean prediction is right) the attack is the same computation (random starts are per image:
+    ``kafrob.pgd.random_starts``), so those images take its results and only the others are attacked.
+    """
     from kafrob.data import to_float
     from kafrob.pgd import pgd_restarts, predict
 
@@ -113,19 +133,36 @@ def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHA
     index = order[shard * spec.shard_images:(shard + 1) * spec.shard_images]
     if len(index) < spec.shard_images:
         raise ShardError(f"shard {shard} lies beyond the {len(order)} test images")
-    out = {f: [] for f in FIELDS}
-    for b in range(0, len(index), batch_size):
-        idx = index[b:b + batch_size]
-        x = to_float(data.x_test[idx]).numpy()
-        clean = predict(model, x).numpy()
-        attacked = clean if spec.attack.label_mode == "predicted" else data.y_test[idx]
-        # The attack seed names the shard and batch: a shard's result does not depend on which others ran.
-        x_adv, first = pgd_restarts(model, x, attacked, spec.attack, seed=spec.seed * 1_000_003 + shard * 1_000 + b)
-        for f, v in zip(FIELDS, (idx, data.y_test[idx], clean, attacked, first, predict(model, x_adv).numpy()),
-                        strict=True):
-            out[f].append(np.asarray(v))
-    arrays = {f: np.concatenate(v).astype(np.int32) for f, v in out.items()}
-    return {**arrays, "header": _header(spec, shard, time.time() - start)}
+    x_all = to_float(data.x_test[index]).numpy()
+    clean = np.concatenate([predict(model, x_all[b:b + batch_size]).numpy() for b in range(0, len(index), batch_size)])
+    attacked = clean if spec.attack.label_mode == "predicted" else data.y_test[index].astype(np.int32)
+    first = np.full(len(index), -1, np.int32)
+    adv_pred = attacked.copy()
+    todo = np.arange(len(index))
+    if reuse is not None:
+        if not np.array_equal(reuse["index"], index) or not np.array_equal(reuse["clean_pred"], clean):
+            raise ShardError(f"shard {shard}: the other label mode's file has other images or clean predictions; "
+                             "recompute it")
+        same = reuse["attack_label"] == attacked
+        first[same], adv_pred[same] = reuse["first_restart"][same], reuse["adv_pred"][same]
+        todo = np.flatnonzero(~same)
+    for b in range(0, len(todo), batch_size):
+        part = todo[b:b + batch_size]
+        x_adv, first[part] = pgd_restarts(model, x_all[part], attacked[part], spec.attack, seed=spec.seed,
+                                          ids=index[part])
+        adv_pred[part] = predict(model, x_adv).numpy()
+    arrays = dict(zip(FIELDS, (index, data.y_test[index], clean, attacked, first, adv_pred), strict=True))
+    header = _header(spec, shard, time.time() - start)
+    header["reused"] = int(len(index) - len(todo))  # images whose results came from the other label mode
+    return {**{f: np.asarray(v).astype(np.int32) for f, v in arrays.items()}, "header": header}
+
+
+def _arithmetic_differs(header: dict) -> bool:
+    from kafrob.bench import environment
+
+    here = agreement_key({**environment(), "spec": None})
+    there = agreement_key({**header, "spec": None})
+    return here != there
 
 
 def save_shard(path: Path, result: dict) -> Path:
@@ -150,7 +187,11 @@ def run(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callab
     data = load_data() if todo else None
     started, done_images = time.time(), 0
     for i, (spec, shard) in enumerate(todo, 1):
-        result = run_shard(load_model(spec.model), data, spec, shard)
+        other = sibling(spec).shard_path(root, shard)
+        reuse = load_shard(other) if other.exists() else None
+        if reuse is not None and _arithmetic_differs(reuse["header"]):
+            reuse = None
+        result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)
         save_shard(spec.shard_path(root, shard), result)
         done_images += spec.shard_images
         robust = float(np.mean(result["adv_pred"] == result["label"]))
@@ -196,14 +237,15 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
     if not found:
         raise ShardError(f"no finished shard in {folder}; run `kafrob evaluate --shards ...` first")
     loaded = [load_shard(spec.shard_path(root, s)) for s in found]
-    first = loaded[0]["header"]
+    first = agreement_key(loaded[0]["header"])
     for s, shard in zip(found, loaded, strict=True):
-        differ = [k for k in MUST_AGREE if shard["header"].get(k) != first.get(k)]
+        key = agreement_key(shard["header"])
+        differ = [k for k in MUST_AGREE if key[k] != first[k]]
         if differ:
-            what = "; ".join(f"{k}: {shard['header'].get(k)} vs {first.get(k)}" for k in differ)
+            what = "; ".join(f"{k}: {key[k]} vs {first[k]}" for k in differ)
             raise ShardError(f"shard {s} of {folder} was computed with another {', '.join(differ)} than shard "
                              f"{found[0]} ({what}); recompute one of them (--recompute) before merging")
-    header = {k: first.get(k) for k in MUST_AGREE}
+    header = {**first, **{k: loaded[0]["header"].get(k) for k in ("onednn", "isa", "kaf_kernels", "cpu")}}
     header["seconds"] = sum(s["header"]["seconds"] for s in loaded)
     arrays = {f: np.concatenate([s[f] for s in loaded]) for f in FIELDS}
     return Merged(first["spec"], tuple(found), header, arrays)

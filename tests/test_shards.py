@@ -125,8 +125,16 @@ def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
     other = shards.load_shard(paths[1])
     other["header"]["onednn"] = not other["header"]["onednn"]
     shards.save_shard(paths[1], other)
-    with pytest.raises(shards.ShardError, match="another onednn"):
+    with pytest.raises(shards.ShardError, match="another arithmetic"):
         shards.merge(spec, tmp_path)
+    other["header"]["onednn"] = not other["header"]["onednn"]
+    other["header"]["isa"] = ["avx2"] if other["header"]["onednn"] else []
+    shards.save_shard(paths[1], other)  # the CPU's instruction sets matter only with oneDNN on
+    if other["header"]["onednn"]:
+        with pytest.raises(shards.ShardError, match="another arithmetic"):
+            shards.merge(spec, tmp_path)
+    else:
+        assert shards.merge(spec, tmp_path).n == 20
     with pytest.raises(shards.ShardError, match="no finished shard"):
         shards.merge(shards.ShardSpec("other", spec.attack, shard_images=10), tmp_path)
 
@@ -140,3 +148,22 @@ def test_restarts_run_only_on_images_not_yet_fooled(tmp_path):
     fooled = result["first_restart"] >= 0
     np.testing.assert_array_equal(fooled, result["adv_pred"] != result["attack_label"])
     assert set(result["first_restart"]) <= {-1, 0, 1, 2, 3}
+
+
+def test_the_other_label_mode_reuses_identical_attacks():
+    """Where the clean prediction is right both label modes attack the same label from the same per-image
+    starts: the true-label shard computed with the predicted-label shard's results equals one computed alone."""
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    data = _data(3)
+    spec = shards.ShardSpec("tiny", PGDConfig(iterations=3, restarts=3, eps=2 / 255, step=1 / 255), shard_images=30)
+    alone = shards.run_shard(model, data, spec, 0)
+    predicted = shards.run_shard(model, data, shards.sibling(spec), 0)
+    reused = shards.run_shard(model, data, spec, 0, reuse=predicted)
+    right = alone["clean_pred"] == alone["label"]
+    assert 0 < reused["header"]["reused"] == right.sum() < 30 and alone["header"]["reused"] == 0
+    for field in shards.FIELDS:
+        np.testing.assert_array_equal(reused[field], alone[field])
+    with pytest.raises(shards.ShardError, match="other images"):
+        shards.run_shard(model, data, spec, 0, reuse={**predicted, "index": predicted["index"][::-1]})
