@@ -42,6 +42,7 @@ try:  # no public API places an XLA-only op or tells that a trace is for XLA (tf
     from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla_context
 except ImportError:  # pragma: no cover - a future TensorFlow: same results, more memory (see _recompute_barrier)
     _xla_barrier = None
+    _in_xla_context = None
 
 RIDGE_TARGETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, 0.0),
@@ -90,18 +91,60 @@ def kaf_reference(x: np.ndarray, coeffs: np.ndarray, points: np.ndarray, gamma) 
     return terms.sum(-1)
 
 
+def _thesis_formula(x16: tf.Tensor, coeffs16: tf.Tensor, points16: tf.Tensor, gamma16: tf.Tensor) -> tf.Tensor:
+    gamma16 = gamma16[:, None] if gamma16.shape.rank else gamma16
+    return tf.reduce_sum(coeffs16 * tf.exp(-gamma16 * tf.square(x16[..., None] - points16)), -1)
+
+
+_EXP_TABLE: list[np.ndarray] = []
+
+
+def thesis_exp_table() -> np.ndarray:
+    """TensorFlow's float16 exp of every float16 value (by bit pattern), as float32: the compiled thesis KAF reads
+    its exponentials here, so they are TensorFlow's own."""
+    if not _EXP_TABLE:
+        every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+        with tf.device("/CPU:0"), tf.init_scope():
+            _EXP_TABLE.append(tf.exp(tf.constant(every)).numpy().astype(np.float32))
+    return _EXP_TABLE[0]
+
+
+def _native_thesis(ops, x16, coeffs16, points16, gamma16) -> tf.Tensor:
+    table = tf.constant(thesis_exp_table())
+
+    @tf.custom_gradient
+    def _kaf(x16, coeffs16, points16, gamma16):
+        neg_gamma = -gamma16
+
+        def grad(upstream):
+            upstream = tf.cast(upstream, tf.float16)
+            with tf.GradientTape() as tape:  # parameter gradients, if asked for: the formula's own
+                tape.watch([coeffs16, points16, gamma16])
+                value = _thesis_formula(x16, coeffs16, points16, gamma16)
+            d_params = tape.gradient(value, [coeffs16, points16, gamma16], output_gradients=upstream)
+            return ops.kafrob_thesis_kaf_input_gradient(x16, upstream, coeffs16, points16, neg_gamma, table), *d_params
+
+        return ops.kafrob_thesis_kaf(x16, coeffs16, points16, neg_gamma, table), grad
+
+    return _kaf(x16, coeffs16, points16, gamma16)
+
+
 def kaf_thesis_float16(x: tf.Tensor, coeffs: tf.Tensor, points: tf.Tensor, gamma: tf.Tensor) -> tf.Tensor:
     """The thesis's own computation: the direct formula entirely in float16, expanded to (..., C, D).
 
     Only for reproducing the released thesis models: with ridge-initialised coefficients (|a| up to ~70,
     alternating in sign) float16 rounding changes the function noticeably, and those networks were
-    trained with it. Slow and approximate; never used for training.
+    trained with it. Where ``kafrob.native`` provides the compiled kernels (and not inside XLA) it runs
+    ``native/kaf_thesis_half.cc``: the same float16 values and input gradients as TensorFlow's graph of this
+    formula, bit for bit, without the (..., C, D) tensors.
     """
     half = tf.float16
-    x = tf.cast(x, half)[..., None]
-    gamma = tf.cast(gamma, half)
-    gamma = gamma[:, None] if gamma.shape.rank else gamma
-    return tf.reduce_sum(tf.cast(coeffs, half) * tf.exp(-gamma * tf.square(x - tf.cast(points, half))), -1)
+    args = (tf.cast(x, half), tf.cast(coeffs, half), tf.cast(points, half), tf.cast(gamma, half))
+    ops = native.library()
+    in_xla = _in_xla_context is not None and _in_xla_context(tf.compat.v1.get_default_graph())
+    if ops is not None and not in_xla:
+        return _native_thesis(ops, *args)
+    return _thesis_formula(*args)
 
 
 RESEED_EVERY = 5  # recompute k and the ratio directly every few terms so rounding cannot accumulate

@@ -1,4 +1,4 @@
-"""The compiled CPU kernels of the KAF layer (``kafrob/native/kaf_cpu.cc``): built on first use, cached, optional.
+"""The compiled CPU kernels of the KAF layer (``kafrob/native/*.cc``): built on first use, cached, optional.
 
 Why compiled code: XLA on CPU turns the D-term sums of a KAF into poorly vectorised loops and fuses
 (duplicates) them into their consumers; with the best pure-TensorFlow kernels a ResNet20-KAF FBF step still
@@ -40,7 +40,8 @@ from kafrob.cache import cache_root
 
 ENV_VAR = "KAFROB_NATIVE"
 SOURCE_DIR = Path(__file__).with_name("native")
-SOURCE = SOURCE_DIR / "kaf_cpu.cc"
+SOURCES = (SOURCE_DIR / "kaf_cpu.cc",  # the KAF on an even dictionary, float32 (training, evaluation)
+           SOURCE_DIR / "kaf_thesis_half.cc")  # the released thesis models' float16 KAF, exactly
 NEGLIGIBLE_EXPONENT = 140.0  # kaf_cpu.cc's kNegligibleExponent
 MAX_EXPONENT = 700.0  # double precision overflows above exp(709)
 
@@ -97,7 +98,7 @@ def target_flags(name: str) -> tuple[str, ...]:
 def command(compiler: str, output: Path, flags: tuple[str, ...]) -> list[str]:
     """The command that compiles and links the library with target ``flags``."""
     include = Path(tf.sysconfig.get_include())
-    return [compiler, str(SOURCE), "-o", str(output), "-shared", "-fPIC", "-O3", *flags, "-w",
+    return [compiler, *map(str, SOURCES), "-o", str(output), "-shared", "-fPIC", "-O3", *flags, "-w",
             f"-I{SOURCE_DIR / 'include'}", f"-I{include / 'external' / 'farmhash_archive' / 'src'}",
             *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags(), "-l:libtensorflow_cc.so.2"]
 
@@ -111,7 +112,7 @@ def compiler() -> str:
 
 def _library_path(cxx: str, flags: tuple[str, ...]) -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), *(p.read_bytes() for p in sorted((SOURCE_DIR / "include").rglob("*.h"))),
+    for part in (*(p.read_bytes() for p in SOURCES), *(p.read_bytes() for p in sorted((SOURCE_DIR / "include").rglob("*.h"))),
                  tf.__version__.encode(), " ".join(command(cxx, Path("out"), flags)).encode(),
                  subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode()):
         key.update(hashlib.sha256(part).digest())
@@ -123,7 +124,7 @@ def compile_source(cxx: str, output: Path, flags: tuple[str, ...]) -> None:
     done = subprocess.run(command(cxx, output, flags), capture_output=True, text=True)
     if done.returncode != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise NativeBuildError(f"compiling {SOURCE.name} with {cxx} {' '.join(flags) or '(default target)'} "
+        raise NativeBuildError(f"compiling {', '.join(p.name for p in SOURCES)} with {cxx} {' '.join(flags) or '(default target)'} "
                                f"failed: {tail}. Set CXX to another C++ compiler, or {ENV_VAR}=0 for the "
                                f"portable kernels")
 

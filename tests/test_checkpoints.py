@@ -137,6 +137,52 @@ def test_import_equals_saved_model(activation, agreement_onednn_off):
     assert result["agreement"] == 1.0 and result["max_dp"] <= 1e-6
 
 
+# The compiled thesis KAF (native/kaf_thesis_half.cc) against TensorFlow's graph of the thesis formula, on the
+# released models: logits and the input gradient of the cross-entropy (what PGD follows), bit for bit.
+_COMPILED_VS_FORMULA = """
+import json, os, sys
+import numpy as np, tensorflow as tf
+from kafrob import checkpoints as ck, native
+from kafrob.data import load_cifar10, to_float
+data = load_cifar10()
+x, y = tf.constant(to_float(data.x_test[:64])), tf.constant(data.y_test[:64])
+def logits_and_gradient(model):
+    @tf.function
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = tf.cast(model(x, training=False), tf.float32)
+            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return logits, tape.gradient(loss, x)
+    return [v.numpy() for v in run(x)]
+out = {}
+for activation in sys.argv[2:]:
+    model = ck.load_thesis_model(activation, os.path.join(sys.argv[1], ck.lookup(activation).filename))
+    compiled = logits_and_gradient(model)
+    library, native.library = native.library, lambda: None
+    formula = logits_and_gradient(model)
+    native.library = library
+    out[activation] = [bool(np.array_equal(a, b)) for a, b in zip(compiled, formula)]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_compiled_thesis_kaf_equals_the_formula_on_the_released_models(cifar, shared_checkpoints):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rows = [a for a in ck.THESIS_CHECKPOINTS if a.startswith("kaf")]
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "KAFROB_NATIVE": "1"}
+    done = subprocess.run([sys.executable, "-c", _COMPILED_VS_FORMULA, str(shared_checkpoints), *rows], env=env,
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result == {a: [True, True] for a in rows}
+
+
 def _extract_after(barrier, zip_path, dest, results):
     barrier.wait()
     try:

@@ -1,6 +1,8 @@
 """The compiled KAF CPU kernels: multithreaded and scalar paths, bad input, build cache and switches.
 
-Their equivalence with the direct formula (values, gradients; eager, graph, XLA) is in test_kaf.py.
+Their equivalence with the direct formula (values, gradients; eager, graph, XLA) is in test_kaf.py; the thesis
+float16 kernel's bit-for-bit equality with TensorFlow's graph of the thesis formula is here (and on the released
+models in test_checkpoints.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from kafrob import native
+from kafrob import kaf
 from kafrob.kaf import default_gamma, dictionary_points, kaf_reference, kaf_uniform
 
 D, BOUNDARY = 20, 3.0
@@ -159,6 +162,54 @@ def test_failed_build_is_tried_once_and_names_the_fix(tmp_path, monkeypatch):
     assert compiles == 1
 
 
+def _thesis_inputs(channels: int, per_channel: bool, seed: int = 0):
+    """float16 inputs like the released models' (ridge coefficients up to ~70), plus extremes: +-60000, values
+    near float16's smallest numbers, zeros."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 2.5, (4000, channels))
+    x[:8] = np.array([60000, -60000, 1e-7, -3e-5, 0.0, 3.0, -3.0, 2.9])[:, None]
+    coeffs = rng.normal(0, 30, (channels, D))
+    points = np.tile(dictionary_points(D), (channels, 1)) + (rng.normal(0, 0.1, (channels, D)) if per_channel else 0)
+    gamma = rng.uniform(1, 8, channels) if per_channel else np.float64(GAMMA)
+    upstream = rng.normal(0, 1, x.shape)
+    half = np.float16
+    return (x.astype(half), coeffs.astype(half), (points if per_channel else points[0]).astype(half),
+            gamma.astype(half), upstream.astype(half))
+
+
+def _value_and_input_gradient(kaf_fn, x, coeffs, points, gamma, upstream):
+    @tf.function
+    def run(x, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = kaf_fn(x, tf.constant(coeffs), tf.constant(points), tf.constant(gamma))
+        return value, tape.gradient(value, x, output_gradients=upstream)
+
+    return [v.numpy() for v in run(tf.constant(x), tf.constant(upstream))]
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["kaf", "kaf_free"])
+@pytest.mark.parametrize("channels", [16, 64, 5], ids=["vector", "vector-wide", "scalar"])
+def test_thesis_kernel_equals_tensorflow_graph_bit_for_bit(ops, channels, per_channel):
+    """The compiled float16 KAF gives TensorFlow's float16 values and input gradients (graph mode, as PGD runs)."""
+    args = _thesis_inputs(channels, per_channel)
+    value, grad = _value_and_input_gradient(lambda *a: kaf._native_thesis(ops, *a), *args)
+    ref_value, ref_grad = _value_and_input_gradient(kaf._thesis_formula, *args)
+    assert value.dtype == grad.dtype == np.float16
+    np.testing.assert_array_equal(value, ref_value)
+    np.testing.assert_array_equal(grad, ref_grad)
+    assert np.isfinite(ref_value[8:]).all() and np.abs(ref_value).max() > 1
+
+
+def test_thesis_kernel_rejects_bad_shapes(ops):
+    x, coeffs, points, gamma, _ = _thesis_inputs(16, False)
+    table = kaf.thesis_exp_table()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="coeffs must be"):
+        ops.kafrob_thesis_kaf(x, coeffs[:5], points, -gamma, table)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="exp table"):
+        ops.kafrob_thesis_kaf(x, coeffs, points, -gamma, table[:10])
+
+
 # /proc/cpuinfo flags of CPUs TensorFlow runs on (the instruction sets that decide the target).
 CPUS = {
     "haswell (AVX2)": "avx avx2 fma bmi1 bmi2 f16c movbe abm",
@@ -187,6 +238,12 @@ for channels in (16, 5):
     value, slope = ops.kafrob_kaf(x, coeffs, d)
     out[f"value{channels}"], out[f"slope{channels}"] = value.numpy(), slope.numpy()
     out[f"grad{channels}"] = ops.kafrob_kaf_coefficient_gradient(x, upstream, coeffs, d).numpy()
+    h = np.float16
+    table = tf.exp(tf.constant(np.arange(1 << 16, dtype=np.uint16).view(h))).numpy().astype(np.float32)
+    a, p, ng = (coeffs / 2).astype(h), np.linspace(-3, 3, 20).astype(h), h(-19 ** 2 / 216)
+    out[f"thesis{channels}"] = ops.kafrob_thesis_kaf(x.astype(h), a, p, ng, table).numpy()
+    out[f"thesis_grad{channels}"] = ops.kafrob_thesis_kaf_input_gradient(x.astype(h), upstream.astype(h), a, p, ng,
+                                                                        table).numpy()
 np.savez(sys.argv[2], **out)
 """
 

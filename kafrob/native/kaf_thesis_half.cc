@@ -1,0 +1,295 @@
+// The released thesis models' KAF, computed bit for bit as TensorFlow computes kafrob.kaf.kaf_thesis_float16 in
+// a graph on CPU (oneDNN or not: these are Eigen kernels), but once per element instead of as eight float16
+// tensors of shape (..., C, D). Every float16 operation is a float32 operation rounded to float16, as Eigen's
+// emulated float16 does; exp comes from a table of TensorFlow's own float16 exp (65,536 entries, an operand);
+// the D-term sums follow Eigen's inner-most reduction of TensorFlow's AVX build: two 8-lane float16
+// accumulators over the first 16 terms, added; the rest summed in order in float16; the 8 lanes summed as
+// float32 pairs (i, i+4), (i, i+2), (0, 1), rounded; the two parts added. The input gradient follows the graph
+// Grappler's arithmetic optimizer leaves (minimised broadcasts): ((2d) * ((g * e) * (a * -gamma))).
+// tests/test_native.py checks both against the TensorFlow formula on the released models.
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace kafrob_thesis {
+namespace {
+
+constexpr int kMaxSize = 64;  // dictionary points per KAF
+
+// Scalar float16 rounding: F16C where the target has it, else the same IEEE round-to-nearest-even in software.
+inline uint16_t HalfBits(float f) {
+#if defined(__F16C__)
+  return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+#else
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  x &= 0x7fffffffu;
+  if (x >= (143u << 23)) return sign | (x > (255u << 23) ? 0x7e00u : 0x7c00u);  // >= 65536, inf, nan
+  if (x < (113u << 23)) {  // below float16's smallest normal: the FPU rounds at the subnormal step 2^-24
+    float a;
+    std::memcpy(&a, &x, 4);
+    a += 0.5f;
+    uint32_t b;
+    std::memcpy(&b, &a, 4);
+    return sign | (b - 0x3f000000u);
+  }
+  x += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + ((x >> 13) & 1u);
+  return sign | static_cast<uint16_t>(x >> 13);
+#endif
+}
+
+inline float HalfToFloat(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent == 0) {
+    const float v = std::ldexp(static_cast<float>(mantissa), -24);
+    std::memcpy(&bits, &v, 4);
+    bits |= sign;
+  } else {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+#endif
+}
+
+// Lanes: one float16-rounding float each; consecutive lanes are consecutive channels.
+struct Scalar {
+  static constexpr int kWidth = 1;
+  using V = float;
+  static V Round(V v) { return HalfToFloat(HalfBits(v)); }
+  static V Exp(V t, const float* table) { return table[HalfBits(t)]; }  // t is float16 already
+  static V Load(const uint16_t* p) { return HalfToFloat(*p); }
+  static V LoadFloat(const float* p) { return *p; }
+  static void Store(uint16_t* p, V v) { *p = HalfBits(v); }
+  static V Splat(float v) { return v; }
+};
+
+#if defined(__AVX512F__)
+struct Vector {
+  static constexpr int kWidth = 16;
+  using V = __m512;
+  static V Round(V v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
+  static V Exp(V t, const float* table) {
+    return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(_mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT)), table, 4);
+  }
+  static V Load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static V LoadFloat(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(uint16_t* p, V v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  static V Splat(float v) { return _mm512_set1_ps(v); }
+};
+#elif defined(__AVX2__) && defined(__F16C__)
+struct Vector {
+  static constexpr int kWidth = 8;
+  using V = __m256;
+  static V Round(V v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
+  static V Exp(V t, const float* table) {
+    return _mm256_i32gather_ps(table, _mm256_cvtepu16_epi32(_mm256_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT)), 4);
+  }
+  static V Load(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static V LoadFloat(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(uint16_t* p, V v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  static V Splat(float v) { return _mm256_set1_ps(v); }
+};
+#else
+using Vector = Scalar;
+#endif
+
+// The parameters as float32 (exact: they are float16 values), laid out [j][c] so lanes read consecutive channels.
+struct Params {
+  int64_t channels;
+  int size;
+  std::vector<float> points, coeffs, neg_gamma, coeff_neg_gamma;  // (D, C), (D, C), (C), (D, C)
+};
+
+// Eigen's inner-most float16 sum of D terms (see the file comment), per lane.
+template <typename L>
+typename L::V PinnedSum(const typename L::V* m, int size) {
+  using V = typename L::V;
+  const int vectorized = size / 8 * 8, unrolled = size / 16 * 16;
+  V zero = L::Splat(0.0f);
+  V acc[8], acc2[8];
+  for (int l = 0; l < 8; ++l) acc[l] = acc2[l] = zero;
+  for (int j = 0; j < unrolled; j += 16) {
+    for (int l = 0; l < 8; ++l) {
+      acc[l] = L::Round(acc[l] + m[j + l]);
+      acc2[l] = L::Round(acc2[l] + m[j + 8 + l]);
+    }
+  }
+  for (int j = unrolled; j < vectorized; j += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] = L::Round(acc[l] + m[j + l]);
+  }
+  for (int l = 0; l < 8; ++l) acc[l] = L::Round(acc[l] + acc2[l]);
+  V tail = zero;
+  for (int j = vectorized; j < size; ++j) tail = L::Round(tail + m[j]);
+  const V reduced = L::Round(((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])));
+  return L::Round(tail + reduced);
+}
+
+// One block of kWidth consecutive elements starting at channel c: the KAF value, or the input gradient.
+template <typename L, bool kGradient>
+void Block(const Params& p, const float* table, const uint16_t* x, const uint16_t* upstream, uint16_t* out,
+           int64_t c) {
+  using V = typename L::V;
+  const V xv = L::Load(x);
+  const V g = kGradient ? L::Load(upstream) : L::Splat(0.0f);
+  const V ng = L::LoadFloat(&p.neg_gamma[c]);
+  const V two = L::Splat(2.0f);
+  V m[kMaxSize];
+  for (int j = 0; j < p.size; ++j) {
+    const int64_t at = j * p.channels + c;
+    const V d = L::Round(xv - L::LoadFloat(&p.points[at]));
+    const V t = L::Round(ng * L::Round(d * d));
+    const V e = L::Exp(t, table);
+    if (kGradient) {
+      m[j] = L::Round(L::Round(two * d) * L::Round(L::Round(g * e) * L::LoadFloat(&p.coeff_neg_gamma[at])));
+    } else {
+      m[j] = L::Round(L::LoadFloat(&p.coeffs[at]) * e);
+    }
+  }
+  L::Store(out, PinnedSum<L>(m, p.size));
+}
+
+template <bool kGradient>
+void Compute(tensorflow::OpKernelContext* ctx, const Params& p, const float* table, const uint16_t* x,
+             const uint16_t* upstream, uint16_t* out, int64_t n) {
+  const bool vector = p.channels % Vector::kWidth == 0;
+  const int64_t width = vector ? Vector::kWidth : 1;
+  const int64_t blocks = n / width;
+  auto work = [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t i = b * width, c = i % p.channels;
+      const uint16_t* g = kGradient ? upstream + i : nullptr;
+      if (vector) {
+        Block<Vector, kGradient>(p, table, x + i, g, out + i, c);
+      } else {
+        Block<Scalar, kGradient>(p, table, x + i, g, out + i, c);
+      }
+    }
+  };
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(pool->num_threads, pool->workers, blocks, /*cost_per_unit=*/width * p.size * 40, work);
+}
+
+std::string CheckShapes(const tensorflow::Tensor& x, const tensorflow::Tensor& coeffs,
+                        const tensorflow::Tensor& points, const tensorflow::Tensor& neg_gamma,
+                        const tensorflow::Tensor& table) {
+  if (x.dims() < 1) return "x must have a channel axis (last)";
+  const int64_t channels = x.dim_size(x.dims() - 1);
+  if (coeffs.dims() != 2 || coeffs.dim_size(0) != channels) return "coeffs must be (channels, D)";
+  const int64_t size = coeffs.dim_size(1);
+  if (size < 1 || size > kMaxSize) return "the dictionary must have 1 to 64 points";
+  if (points.NumElements() != size && points.NumElements() != channels * size) return "points must be (D) or (C, D)";
+  if (neg_gamma.NumElements() != 1 && neg_gamma.NumElements() != channels) return "neg_gamma must be () or (C)";
+  if (table.NumElements() != 65536) return "the exp table must hold 65,536 entries";
+  return "";
+}
+
+Params MakeParams(const tensorflow::Tensor& coeffs, const tensorflow::Tensor& points,
+                  const tensorflow::Tensor& neg_gamma) {
+  Params p;
+  p.channels = coeffs.dim_size(0);
+  p.size = static_cast<int>(coeffs.dim_size(1));
+  const auto* a = reinterpret_cast<const uint16_t*>(coeffs.flat<Eigen::half>().data());
+  const auto* d = reinterpret_cast<const uint16_t*>(points.flat<Eigen::half>().data());
+  const auto* ng = reinterpret_cast<const uint16_t*>(neg_gamma.flat<Eigen::half>().data());
+  const bool shared_points = points.NumElements() == p.size, shared_gamma = neg_gamma.NumElements() == 1;
+  const size_t cells = static_cast<size_t>(p.channels) * p.size;
+  p.points.resize(cells);
+  p.coeffs.resize(cells);
+  p.coeff_neg_gamma.resize(cells);
+  p.neg_gamma.resize(p.channels);
+  for (int64_t c = 0; c < p.channels; ++c) p.neg_gamma[c] = HalfToFloat(ng[shared_gamma ? 0 : c]);
+  for (int j = 0; j < p.size; ++j) {
+    for (int64_t c = 0; c < p.channels; ++c) {
+      const size_t at = j * p.channels + c;
+      p.points[at] = HalfToFloat(d[shared_points ? j : c * p.size + j]);
+      p.coeffs[at] = HalfToFloat(a[c * p.size + j]);
+      p.coeff_neg_gamma[at] = HalfToFloat(HalfBits(p.coeffs[at] * p.neg_gamma[c]));
+    }
+  }
+  return p;
+}
+
+template <bool kGradient>
+class ThesisKafOp : public tensorflow::OpKernel {
+ public:
+  explicit ThesisKafOp(tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    const int shift = kGradient ? 1 : 0;
+    const tensorflow::Tensor& x = ctx->input(0);
+    const tensorflow::Tensor& upstream = ctx->input(shift);
+    const tensorflow::Tensor& coeffs = ctx->input(1 + shift);
+    const tensorflow::Tensor& points = ctx->input(2 + shift);
+    const tensorflow::Tensor& neg_gamma = ctx->input(3 + shift);
+    const tensorflow::Tensor& table = ctx->input(4 + shift);
+    const std::string error = CheckShapes(x, coeffs, points, neg_gamma, table);
+    OP_REQUIRES(ctx, error.empty(), absl::InvalidArgumentError("kafrob thesis KAF: " + error));
+    OP_REQUIRES(ctx, upstream.NumElements() == x.NumElements(),
+                absl::InvalidArgumentError("kafrob thesis KAF: upstream must have x's shape"));
+    tensorflow::Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
+    const Params p = MakeParams(coeffs, points, neg_gamma);
+    kafrob_thesis::Compute<kGradient>(ctx, p, table.flat<float>().data(),
+                                      reinterpret_cast<const uint16_t*>(x.flat<Eigen::half>().data()),
+                                      reinterpret_cast<const uint16_t*>(upstream.flat<Eigen::half>().data()),
+                                      reinterpret_cast<uint16_t*>(out->flat<Eigen::half>().data()), x.NumElements());
+  }
+};
+
+}  // namespace
+}  // namespace kafrob_thesis
+
+REGISTER_OP("KafrobThesisKaf")
+    .Input("x: half")
+    .Input("coeffs: half")
+    .Input("points: half")
+    .Input("neg_gamma: half")
+    .Input("exp_table: float")
+    .Output("value: half")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("KafrobThesisKafInputGradient")
+    .Input("x: half")
+    .Input("upstream: half")
+    .Input("coeffs: half")
+    .Input("points: half")
+    .Input("neg_gamma: half")
+    .Input("exp_table: float")
+    .Output("x_gradient: half")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("KafrobThesisKaf").Device(tensorflow::DEVICE_CPU), kafrob_thesis::ThesisKafOp<false>);
+REGISTER_KERNEL_BUILDER(Name("KafrobThesisKafInputGradient").Device(tensorflow::DEVICE_CPU),
+                        kafrob_thesis::ThesisKafOp<true>);
