@@ -75,6 +75,8 @@ RATIOS = [
     *[(f"{m} {a} {j} step fbf/clean", f"test_train_step[{j}-fbf-{a}-{m}]", f"test_train_step[{j}-clean-{a}-{m}]")
       for j in ("xla", "graph") for m in ("resnet20", "vgg") for a in ("relu", "kaf", "kaf-portable")],
     ("PGD-10 art/kafrob", "test_pgd10_resnet20[art]", "test_pgd10_resnet20[kafrob]"),
+    *[(f"thesis PGD step {a}/relu", f"test_thesis_pgd_step[{a}]", "test_thesis_pgd_step[relu]")
+      for a in ("kaf_relu", "kaf_relu-formula", "kaf_free")],
 ]
 
 

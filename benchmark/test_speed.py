@@ -87,6 +87,34 @@ def _peak_step_memory(run) -> float:
     return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - base) / 2**20
 
 
+THESIS_PGD_IMAGES = 64
+
+
+@pytest.mark.parametrize("row", ["relu", "kaf_relu", "kaf_relu-formula", "kaf_free"])
+def test_thesis_pgd_step(benchmark, request, monkeypatch, row):
+    """PGD-5 on a released thesis model (float16 as released), under this process's arithmetic (oneDNN on or
+    off): the cost per image and gradient step of the checkpoints tier's evaluation. ``-formula``: the KAF as
+    TensorFlow's graph of the thesis formula instead of the compiled kernel (the same numbers, bit for bit)."""
+    from kafrob.checkpoints import CheckpointError, load_thesis_model
+
+    activation = row.removesuffix("-formula")
+    if row.endswith("-formula"):
+        monkeypatch.setattr(native, "library", lambda: None)
+    elif activation.startswith("kaf") and native.library() is None:
+        pytest.skip("no compiled KAF kernels here")
+    try:
+        model = load_thesis_model(activation)
+    except CheckpointError as exc:
+        pytest.skip(str(exc))
+    x, y = (v[:THESIS_PGD_IMAGES] for v in _batch())
+    cfg = PGDConfig(iterations=5, restarts=1)
+    pgd_attack(model, x, y, cfg)
+    benchmark.pedantic(lambda: pgd_attack(model, x, y, cfg), rounds=3, warmup_rounds=0)
+    if benchmark.stats is not None:
+        benchmark.extra_info["image_steps_per_second"] = THESIS_PGD_IMAGES * cfg.iterations / benchmark.stats.stats.median
+    _record(benchmark, request)
+
+
 @pytest.mark.parametrize("backend", ["kafrob", "art"])
 def test_pgd10_resnet20(benchmark, request, backend):
     model = build_model("resnet20", "relu")

@@ -78,7 +78,7 @@ struct Scalar {
   static constexpr int kWidth = 1;
   using V = float;
   static V Round(V v) { return HalfToFloat(HalfBits(v)); }
-  static V Exp(V t, const float* table) { return table[HalfBits(t)]; }  // t is float16 already
+  static V RoundedExp(V v, const float* table) { return table[HalfBits(v)]; }  // exp of v rounded to float16
   static V Load(const uint16_t* p) { return HalfToFloat(*p); }
   static V LoadFloat(const float* p) { return *p; }
   static void Store(uint16_t* p, V v) { *p = HalfBits(v); }
@@ -90,8 +90,8 @@ struct Vector {
   static constexpr int kWidth = 16;
   using V = __m512;
   static V Round(V v) { return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
-  static V Exp(V t, const float* table) {
-    return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(_mm512_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT)), table, 4);
+  static V RoundedExp(V v, const float* table) {
+    return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)), table, 4);
   }
   static V Load(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static V LoadFloat(const float* p) { return _mm512_loadu_ps(p); }
@@ -105,8 +105,8 @@ struct Vector {
   static constexpr int kWidth = 8;
   using V = __m256;
   static V Round(V v) { return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)); }
-  static V Exp(V t, const float* table) {
-    return _mm256_i32gather_ps(table, _mm256_cvtepu16_epi32(_mm256_cvtps_ph(t, _MM_FROUND_TO_NEAREST_INT)), 4);
+  static V RoundedExp(V v, const float* table) {
+    return _mm256_i32gather_ps(table, _mm256_cvtepu16_epi32(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT)), 4);
   }
   static V Load(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static V LoadFloat(const float* p) { return _mm256_loadu_ps(p); }
@@ -163,8 +163,7 @@ void Block(const Params& p, const float* table, const uint16_t* x, const uint16_
   for (int j = 0; j < p.size; ++j) {
     const int64_t at = j * p.channels + c;
     const V d = L::Round(xv - L::LoadFloat(&p.points[at]));
-    const V t = L::Round(ng * L::Round(d * d));
-    const V e = L::Exp(t, table);
+    const V e = L::RoundedExp(ng * L::Round(d * d), table);  // exp(h(-gamma h(d^2)))
     if (kGradient) {
       m[j] = L::Round(L::Round(two * d) * L::Round(L::Round(g * e) * L::LoadFloat(&p.coeff_neg_gamma[at])));
     } else {
