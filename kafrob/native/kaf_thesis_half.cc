@@ -83,6 +83,7 @@ struct Scalar {
   static V LoadFloat(const float* p) { return *p; }
   static void Store(uint16_t* p, V v) { *p = HalfBits(v); }
   static V Splat(float v) { return v; }
+  static bool AllBelow(V v, float bound) { return std::fabs(v) < bound; }  // false for NaN
 };
 
 #if defined(__AVX512F__)
@@ -99,6 +100,9 @@ struct Vector {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
   }
   static V Splat(float v) { return _mm512_set1_ps(v); }
+  static bool AllBelow(V v, float bound) {
+    return _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(bound), _CMP_LT_OQ) == 0xffff;
+  }
 };
 #elif defined(__AVX2__) && defined(__F16C__)
 struct Vector {
@@ -114,6 +118,10 @@ struct Vector {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
   }
   static V Splat(float v) { return _mm256_set1_ps(v); }
+  static bool AllBelow(V v, float bound) {
+    const V abs = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v);
+    return _mm256_movemask_ps(_mm256_cmp_ps(abs, _mm256_set1_ps(bound), _CMP_LT_OQ)) == 0xff;
+  }
 };
 #else
 using Vector = Scalar;
@@ -159,13 +167,16 @@ void Block(const Params& p, const float* table, const uint16_t* x, const uint16_
   const V g = kGradient ? L::Load(upstream) : L::Splat(0.0f);
   const V ng = L::LoadFloat(&p.neg_gamma[c]);
   const V two = L::Splat(2.0f);
+  // 2d is a float16 value (d is) unless it overflows float16, which needs |d| >= 32760: not for |x| < 32000.
+  const bool two_d_exact = kGradient && L::AllBelow(xv, 32000.0f);
   V m[kMaxSize];
   for (int j = 0; j < p.size; ++j) {
     const int64_t at = j * p.channels + c;
     const V d = L::Round(xv - L::LoadFloat(&p.points[at]));
     const V e = L::RoundedExp(ng * L::Round(d * d), table);  // exp(h(-gamma h(d^2)))
     if (kGradient) {
-      m[j] = L::Round(L::Round(two * d) * L::Round(L::Round(g * e) * L::LoadFloat(&p.coeff_neg_gamma[at])));
+      const V two_d = two_d_exact ? two * d : L::Round(two * d);
+      m[j] = L::Round(two_d * L::Round(L::Round(g * e) * L::LoadFloat(&p.coeff_neg_gamma[at])));
     } else {
       m[j] = L::Round(L::LoadFloat(&p.coeffs[at]) * e);
     }
