@@ -111,7 +111,8 @@ def test_thesis_pgd_step(benchmark, request, monkeypatch, row):
     pgd_attack(model, x, y, cfg)
     benchmark.pedantic(lambda: pgd_attack(model, x, y, cfg), rounds=3, warmup_rounds=0)
     if benchmark.stats is not None:
-        benchmark.extra_info["image_steps_per_second"] = THESIS_PGD_IMAGES * cfg.iterations / benchmark.stats.stats.median
+        steps = THESIS_PGD_IMAGES * cfg.iterations
+        benchmark.extra_info["image_steps_per_second"] = steps / benchmark.stats.stats.median
     _record(benchmark, request)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from kafrob import atomic
+from kafrob import atomic, released
 from kafrob.activations import is_kaf
 from kafrob.bench import compare, run_case, runs_dir
 from kafrob.checkpoints import CheckpointError
@@ -23,16 +23,30 @@ def _cost_rank(e) -> int:
 CASES = sorted(EXPERIMENTS, key=_cost_rank)
 
 
+def _released_row(experiment) -> tuple[object, list[str]]:
+    """The checkpoints tier: the stored evaluation re-computed on a few images and held against the thesis."""
+    thesis = {e.activation: (e.thesis_accuracy, e.thesis_robustness) for e in EXPERIMENTS if e.model == "resnet20"}
+    m = released.measurement(experiment.activation)
+    failures = released.recompute(experiment.activation)
+    checks = released.against_thesis(experiment.activation, thesis, released.stored_clean_accuracy(),
+                                      released.stored(experiment.activation))
+    print("".join(f"\n{'ok  ' if c.passed else 'FAIL'} {c.line(experiment.activation)}" for c in checks))
+    return m, failures + [c.line(experiment.activation) for c in checks if not c.passed]
+
+
 @pytest.mark.parametrize("experiment", CASES, ids=[e.id for e in CASES])
 def test_thesis_row(experiment, tier, cifar, strategy, seed):
-    if tier.source == "thesis-checkpoint" and experiment.model != "resnet20":
-        pytest.skip("the thesis released ResNet20 checkpoints only")
-    try:
+    if tier.source == "thesis-checkpoint":
+        if experiment.model != "resnet20":
+            pytest.skip("the thesis released ResNet20 checkpoints only")
+        try:
+            m, failures = _released_row(experiment)
+        except CheckpointError as exc:
+            pytest.skip(f"released checkpoint not available here: {exc}")
+    else:
         m = run_case(experiment, tier, cifar, seed=seed, strategy=strategy)
-    except CheckpointError as exc:
-        pytest.skip(f"released checkpoint not available here: {exc}")
+        failures = compare(m, experiment, tier)
     atomic.write_json(runs_dir() / "measurements" / tier.name / f"{experiment.id}.json", m.to_dict())
     print(f"\n{experiment.id}: clean {m.clean_accuracy:.2f}% (n={m.n_clean}), "
           f"PGD {m.robust_accuracy:.2f}% (n={m.n_robust}), {m.seconds:.0f}s")
-    failures = compare(m, experiment, tier)
     assert not failures, "\n".join(failures)

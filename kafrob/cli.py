@@ -245,7 +245,11 @@ def cmd_regenerate(args) -> int:
 
     tier = get_tier(args.tier)
     cases = [e for e in EXPERIMENTS if tier.source == "train" or e.model == "resnet20"]
-    if args.from_measurements:
+    if tier.source == "thesis-checkpoint":  # from the stored evaluation (`kafrob evaluate --shards-dir` adds to it)
+        from kafrob import released
+
+        measurements = [released.measurement(e.activation) for e in cases]
+    elif args.from_measurements:
         measurements = _measurements(tier.name)
         missing = sorted({e.id for e in cases} - {m.case for m in measurements})
         if tier.source == "train" and missing:

@@ -112,7 +112,8 @@ def compiler() -> str:
 
 def _library_path(cxx: str, flags: tuple[str, ...]) -> Path:
     key = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in SOURCES), *(p.read_bytes() for p in sorted((SOURCE_DIR / "include").rglob("*.h"))),
+    headers = sorted((SOURCE_DIR / "include").rglob("*.h"))
+    for part in (*(p.read_bytes() for p in (*SOURCES, *headers)),
                  tf.__version__.encode(), " ".join(command(cxx, Path("out"), flags)).encode(),
                  subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode()):
         key.update(hashlib.sha256(part).digest())
@@ -124,9 +125,9 @@ def compile_source(cxx: str, output: Path, flags: tuple[str, ...]) -> None:
     done = subprocess.run(command(cxx, output, flags), capture_output=True, text=True)
     if done.returncode != 0:
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise NativeBuildError(f"compiling {', '.join(p.name for p in SOURCES)} with {cxx} {' '.join(flags) or '(default target)'} "
-                               f"failed: {tail}. Set CXX to another C++ compiler, or {ENV_VAR}=0 for the "
-                               f"portable kernels")
+        sources = ", ".join(p.name for p in SOURCES)
+        raise NativeBuildError(f"compiling {sources} with {cxx} {' '.join(flags) or '(default target)'} failed: "
+                               f"{tail}. Set CXX to another C++ compiler, or {ENV_VAR}=0 for the portable kernels")
 
 
 def build() -> Path:

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kafrob import native
-from kafrob import kaf
+from kafrob import kaf, native
 from kafrob.kaf import default_gamma, dictionary_points, kaf_reference, kaf_uniform
 
 D, BOUNDARY = 20, 3.0
