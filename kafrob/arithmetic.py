@@ -59,6 +59,8 @@ def results_key(arithmetic: dict) -> dict:
 
 
 def label(arithmetic: dict) -> str:
-    """One line for tables and failure messages."""
+    """One line for tables and failure messages (the instruction sets only where they change results)."""
+    if not arithmetic.get("onednn"):
+        return f"oneDNN off (the same on every x86 CPU), KAF kernels {arithmetic.get('kaf_kernels')}"
     isa = "+".join(arithmetic.get("isa", [])) or "?"
-    return f"oneDNN {'on' if arithmetic.get('onednn') else 'off'}, {isa}, KAF kernels {arithmetic.get('kaf_kernels')}"
+    return f"oneDNN on, {isa}, KAF kernels {arithmetic.get('kaf_kernels')}"

@@ -134,6 +134,7 @@ def cmd_merge(args) -> int:
 def cmd_verdict(args) -> int:
     """Tables, figure and readings of the released models from whatever shards are finished."""
     from kafrob import atomic, verdict
+    from kafrob.arithmetic import label as arithmetic_label
     from kafrob.bench import REFERENCE_DIR
     from kafrob.checkpoints import THESIS_CHECKPOINTS
     from kafrob.experiments import BY_ID
@@ -156,8 +157,7 @@ def cmd_verdict(args) -> int:
     header = next(iter(merged.values())).header
     md = (f"# Released thesis ResNet20 models: PGD-{args.iterations}x{args.restarts}\n\n"
           f"{next(iter(rows.values())).n} common test images (stratified, kafrob.shards order, seed {args.seed}); "
-          f"arithmetic: oneDNN {'on' if header['onednn'] else 'off'}, {'+'.join(header['isa'])}; "
-          f"TF {header['tensorflow']}.\n\n{verdict.rows_table(rows, thesis)}\n## Paired comparisons\n\n"
+          f"arithmetic: {arithmetic_label(header)}; TF {header['tensorflow']}.\n\n{verdict.rows_table(rows, thesis)}\n## Paired comparisons\n\n"
           f"{verdict.comparison_table(comparisons)}\n## Readings\n\n"
           + "".join(f"* {verdict.reading(c)}\n" for c in comparisons if c.metric == "robust"))
     stem = Path(args.out) if args.out else REFERENCE_DIR / "checkpoints_verdict"

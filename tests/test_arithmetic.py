@@ -23,7 +23,17 @@ def test_describe_and_label():
     assert set(d) == {"onednn", "isa", "kaf_kernels", "kaf_target"}
     assert set(d["isa"]) <= {"avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"}
     assert arithmetic.label({"onednn": False, "isa": ["avx2", "fma"], "kaf_kernels": "portable"}) == \
-        "oneDNN off, avx2+fma, KAF kernels portable"
+        "oneDNN off (the same on every x86 CPU), KAF kernels portable"
+    assert arithmetic.label({"onednn": True, "isa": ["avx2", "fma"], "kaf_kernels": "compiled"}) == \
+        "oneDNN on, avx2+fma, KAF kernels compiled"
+
+
+def test_results_key_ignores_the_cpu_only_with_onednn_off():
+    off = {"onednn": False, "isa": ["avx2"], "kaf_kernels": "compiled", "cpu": "A"}
+    assert arithmetic.results_key(off) == arithmetic.results_key({**off, "isa": ["avx2", "avx512f"], "cpu": "B"})
+    on = {**off, "onednn": True}
+    assert arithmetic.results_key(on) != arithmetic.results_key({**on, "isa": ["avx2", "avx512f"]})
+    assert arithmetic.results_key(off) != arithmetic.results_key({**off, "kaf_kernels": "portable"})
 
 
 def test_shift_summary_against_the_reference_path():
