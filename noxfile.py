@@ -55,7 +55,7 @@ def smoke(session: nox.Session) -> None:
     session.run("python", "-m", "kafrob.cli", "table", "--tier", "smoke", env=_env())
 
 
-# The smoke tier's spread (kafrob.spread): seed 0 under every arithmetic path, and another seed.
+# The smoke tier's spread (kafrob.bench.spread): seed 0 under every arithmetic path, and another seed.
 SPREAD_RUNS = [(0, 1, "compiled"), (0, 0, "compiled"), (0, 1, "portable"), (0, 0, "portable"), (1, 1, "compiled")]
 
 
@@ -73,7 +73,7 @@ def spread(session: nox.Session) -> None:
         # the cases are judged against the current tolerances too; a failure here is a measurement, not an error
         session.run("pytest", "benchmark/test_thesis.py", "--tier", "smoke", "--seed", str(seed), "-q", "-n", "2",
                     "-p", "no:benchmark", env=env, success_codes=[0, 1])
-    session.run("python", "-m", "kafrob.spread", *folders, env=_env())
+    session.run("python", "-m", "kafrob.bench.spread", *folders, env=_env())
 
 
 @nox.session(name="full-gpu")
@@ -95,8 +95,8 @@ def full_gpu(session: nox.Session) -> None:
     args = ["benchmark/test_thesis.py", "--tier", "full", "-q"]
     if int(gpus) > 1 and "--data-parallel" not in session.posargs:
         session.install("pytest-xdist")
-        args += ["-n", gpus, "-p", "kafrob.gpu_workers"]
-    session.run("pytest", *args, *session.posargs, env=_env())
+        args += ["-n", gpus]
+    session.run("pytest", *args, *session.posargs, env={**_env(), "KAFROB_GPU_PER_WORKER": "1"})
     session.run("python", "-m", "kafrob.cli", "table", "--tier", "full", env=_env())
 
 
@@ -112,7 +112,7 @@ def checkpoints(session: nox.Session) -> None:
 def speed(session: nox.Session) -> None:
     """pytest-benchmark timings (saved, so --benchmark-compare works across commits)."""
     _install(session)
-    session.run("pytest", "benchmark/test_speed.py", "--benchmark-autosave", *session.posargs, env=_env())
+    session.run("pytest", "speed", "--benchmark-autosave", *session.posargs, env=_env())
 
 
 @nox.session

@@ -1,20 +1,27 @@
-"""pytest harness of the benchmark: --tier, --source, and a header saying what is being measured."""
+"""pytest harness of the benchmark: --tier, --source, a header saying what is being measured, and one GPU per
+xdist worker (`nox -s full-gpu` on several GPUs)."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
-import tensorflow as tf
+# Before TensorFlow initialises CUDA: xdist worker gw<i> sees only the i-th visible GPU.
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _worker.startswith("gw") and os.environ.get("KAFROB_GPU_PER_WORKER"):
+    _ids = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if os.environ.get("CUDA_VISIBLE_DEVICES") else None
+    os.environ["CUDA_VISIBLE_DEVICES"] = _ids[int(_worker[2:]) % len(_ids)] if _ids else _worker[2:]
 
-from kafrob.data import ENV_VAR, load_cifar10
-from kafrob.experiments import TIERS, get_tier
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kafrob.bench.tiers import TIERS, Source, get_tier  # noqa: E402
+from kafrob.data import ENV_VAR, load_cifar10  # noqa: E402
 
 
 def pytest_addoption(parser):
     parser.addoption("--tier", default=os.environ.get("KAFROB_TIER", "smoke"), choices=sorted(TIERS),
                      help="smoke (CPU, minutes), full (thesis protocol, GPU), checkpoints (released models)")
-    parser.addoption("--source", default=None, choices=("train", "thesis-checkpoint"),
+    parser.addoption("--source", default=None, choices=[s.value for s in Source],
                      help="where models come from (default: the tier's)")
     parser.addoption("--seed", type=int, default=0,
                      help="training and evaluation seed (the references use 0; others measure the spread)")
@@ -24,11 +31,11 @@ def pytest_addoption(parser):
 
 def pytest_report_header(config):
     from kafrob import arithmetic
-    from kafrob.bench import environment
+    from kafrob.bench.store import environment
 
     tier = get_tier(config.getoption("--tier"), config.getoption("--source"))
     env = environment()
-    if tier.source == "thesis-checkpoint":
+    if tier.source is Source.THESIS_CHECKPOINT:
         precision = "as released (thesis float16 KAF arithmetic)"
     else:
         precision = "mixed_float16 training" if env["device"] != "CPU" and tier.name == "full" else "float32"
@@ -63,32 +70,3 @@ def strategy(request):
     if len(gpus) < 2:
         pytest.exit(f"--data-parallel needs at least 2 visible GPUs, found {len(gpus)}", returncode=4)
     return tf.distribute.MirroredStrategy()
-
-
-# (label, numerator test id, denominator test id) of the speed targets in the issues.
-RATIOS = [
-    *[(f"layer fwd+bwd {a}/relu", f"test_layer_forward_backward[{a}]", "test_layer_forward_backward[relu]")
-      for a in ("kaf", "kaf-portable", "kaf_free")],
-    *[(f"{m} {mode} {j} step {a}/relu", f"test_train_step[{j}-{mode}-{a}-{m}]", f"test_train_step[{j}-{mode}-relu-{m}]")
-      for j in ("xla", "graph") for m in ("resnet20", "vgg") for mode in ("fbf", "clean")
-      for a in ("kaf", "kaf-portable")],
-    *[(f"{m} {a} {j} step fbf/clean", f"test_train_step[{j}-fbf-{a}-{m}]", f"test_train_step[{j}-clean-{a}-{m}]")
-      for j in ("xla", "graph") for m in ("resnet20", "vgg") for a in ("relu", "kaf", "kaf-portable")],
-    ("PGD-10 art/kafrob", "test_pgd10_resnet20[art]", "test_pgd10_resnet20[kafrob]"),
-    *[(f"thesis PGD step {a}/relu", f"test_thesis_pgd_step[{a}]", "test_thesis_pgd_step[relu]")
-      for a in ("kaf_relu", "kaf_relu-formula", "kaf_free")],
-]
-
-
-def pytest_terminal_summary(terminalreporter):
-    import sys
-
-    speed = sys.modules.get("test_speed") or sys.modules.get("benchmark.test_speed")
-    medians, peaks = getattr(speed, "MEDIANS", {}), getattr(speed, "PEAK_MIB", {})
-    rows = [(label, medians[a] / medians[b]) for label, a, b in RATIOS if a in medians and b in medians]
-    rows += [(f"{label.replace('step', 'peak memory')}", peaks[a] / peaks[b]) for label, a, b in RATIOS
-             if "/relu" in label and "step" in label and a in peaks and b in peaks and peaks[b] > 0]
-    if rows:
-        terminalreporter.section("kafrob speed ratios (medians)")
-        for label, ratio in rows:
-            terminalreporter.write_line(f"{label:44s} {ratio:6.2f}")

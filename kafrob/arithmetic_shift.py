@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         _worker(BY_NAME[args.worker], work / f"{args.worker}.npz")
         return 0
     from kafrob import atomic
-    from kafrob.bench import REFERENCE_DIR, environment
+    from kafrob.bench.store import REFERENCE_DIR, environment
 
     for path in PATHS:  # a finished path is not recomputed
         if not (work / f"{path.name}.npz").exists():

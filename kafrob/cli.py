@@ -1,11 +1,21 @@
-"""`kafrob train | evaluate | merge | verdict | lr-find | sanity | table | regenerate`."""
+"""`kafrob train | evaluate | merge | verdict | lr-find | sanity | table | regenerate`.
+
+Results (JSON, tables) go to standard output; progress and warnings to standard error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
+
+_RESULTS = [sys.stdout]  # standard output as main() found it: progress bars write to sys.stdout, redirected
+
+
+def _print(text: str) -> None:
+    print(text, file=_RESULTS[0], flush=True)
 
 
 def _train_config(args):
@@ -19,22 +29,41 @@ def _train_config(args):
                        fbf=FBFConfig(clip_start=args.clip_start, adversarial=not args.clean))
 
 
+def _model_spec(text: str) -> str:
+    """A thesis:resnet20-<activation> name (checked against the registry) or a .keras file."""
+    from kafrob.checkpoints import THESIS_CHECKPOINTS
+
+    if text.startswith("thesis:"):
+        name = text.split(":", 1)[1].removeprefix("resnet20-")
+        if name not in THESIS_CHECKPOINTS:
+            known = ", ".join(f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS)
+            raise argparse.ArgumentTypeError(f"unknown thesis checkpoint {text!r}; known: {known}")
+    elif not text.endswith(".keras"):
+        raise argparse.ArgumentTypeError(f"expected thesis:resnet20-<activation> or a .keras file, got {text!r}")
+    return text
+
+
 def _add_eval_args(p, models: bool = True):
-    from kafrob.shards import SHARD_IMAGES
+    from kafrob.bench.shards import SHARD_IMAGES
+    from kafrob.pgd import LABEL_MODES
 
     if models:
-        p.add_argument("--checkpoint", required=True, nargs="+", help="thesis:resnet20-<act> or a .keras file")
+        p.add_argument("--checkpoint", required=True, nargs="+", type=_model_spec,
+                       help="thesis:resnet20-<act> or a .keras file")
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--restarts", type=int, default=10)
-    p.add_argument("--labels", default=["true"], nargs="+", choices=("true", "predicted"))
+    p.add_argument("--labels", default=["true"], nargs="+", choices=LABEL_MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-images", type=int, default=SHARD_IMAGES)
     p.add_argument("--data-dir", default=None)
 
 
 def _add_train_args(p):
-    p.add_argument("--model", required=True, choices=("vgg", "resnet20"))
-    p.add_argument("--activation", required=True)
+    from kafrob.activations import ACTIVATIONS
+    from kafrob.models import MODELS
+
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--activation", required=True, choices=list(ACTIVATIONS))
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--min-lr", type=float, default=0.01)
     p.add_argument("--max-lr", type=float, default=0.1)
@@ -58,7 +87,7 @@ def cmd_train(args) -> int:
     from kafrob import atomic
 
     atomic.save_with(Path(args.run_dir) / "model.keras", result.model.save)
-    print(json.dumps(result.history[-1], indent=2))
+    _print(json.dumps(result.history[-1], indent=2))
     return 0
 
 
@@ -85,8 +114,8 @@ def _worker(text: str) -> tuple[int, int]:
 
 
 def _specs(args):
+    from kafrob.bench.shards import ShardSpec
     from kafrob.pgd import PGDConfig
-    from kafrob.shards import ShardSpec
 
     return [ShardSpec(model, PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=labels),
                       seed=args.seed, shard_images=args.shard_images)
@@ -105,8 +134,9 @@ def _merged_summary(merged) -> dict:
 
 def cmd_evaluate_shards(args) -> int:
     """Sharded, resumable: shard-major over every model and label mode, so all rows cover the same images."""
+    from kafrob.bench.run import run_shards
+    from kafrob.bench.shards import merge, shards_for
     from kafrob.data import load_cifar10
-    from kafrob.shards import merge, run, shards_for
 
     specs, root = _specs(args), Path(args.shards_dir)
     models: dict = {}
@@ -117,28 +147,27 @@ def cmd_evaluate_shards(args) -> int:
             models[spec_model] = _load_model(spec_model)
         return models[spec_model]
 
-    run([(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs], root,
+    run_shards([(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs], root,
         load_model=load, load_data=lambda: load_cifar10(args.data_dir), recompute=args.recompute,
         progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(json.dumps([_merged_summary(merge(s, root)) for s in specs], indent=2))
+    _print(json.dumps([_merged_summary(merge(s, root)) for s in specs], indent=2))
     return 0
 
 
 def cmd_merge(args) -> int:
-    from kafrob.shards import merge
+    from kafrob.bench.shards import merge
 
-    print(json.dumps([_merged_summary(merge(s, Path(args.shards_dir))) for s in _specs(args)], indent=2))
+    _print(json.dumps([_merged_summary(merge(s, Path(args.shards_dir))) for s in _specs(args)], indent=2))
     return 0
 
 
 def cmd_verdict(args) -> int:
     """Tables, figure and readings of the released models from whatever shards are finished."""
-    from kafrob import atomic, verdict
-    from kafrob.arithmetic import label as arithmetic_label
-    from kafrob.bench import REFERENCE_DIR
+    from kafrob import atomic
+    from kafrob.bench.report import verdict
+    from kafrob.bench.shards import ShardError, merge
+    from kafrob.bench.store import REFERENCE_DIR
     from kafrob.checkpoints import THESIS_CHECKPOINTS
-    from kafrob.experiments import BY_ID
-    from kafrob.shards import ShardError, merge
 
     args.checkpoint = [f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS]
     merged = {}
@@ -150,21 +179,11 @@ def cmd_verdict(args) -> int:
             print(f"left out: {exc}", file=sys.stderr)
     if not merged:
         raise ValueError(f"no finished shards in {args.shards_dir}; run `kafrob evaluate ... --shards-dir` first")
-    rows = verdict.common_rows(merged)
-    thesis = {a: (BY_ID[f"resnet20-{a}"].thesis_accuracy, BY_ID[f"resnet20-{a}"].thesis_robustness)
-              for a in THESIS_CHECKPOINTS}
-    comparisons = verdict.compare_all(rows)
-    header = next(iter(merged.values())).header
-    md = (f"# Released thesis ResNet20 models: PGD-{args.iterations}x{args.restarts}\n\n"
-          f"{next(iter(rows.values())).n} common test images (stratified, kafrob.shards order, seed {args.seed}); "
-          f"arithmetic: {arithmetic_label(header)}; TF {header['tensorflow']}.\n\n{verdict.rows_table(rows, thesis)}\n## Paired comparisons\n\n"
-          f"{verdict.comparison_table(comparisons)}\n## Readings\n\n"
-          + "".join(f"* {verdict.reading(c)}\n" for c in comparisons if c.metric == "robust"))
+    md, png = verdict(merged, f"PGD-{args.iterations}x{args.restarts}", args.seed)
     stem = Path(args.out) if args.out else REFERENCE_DIR / "checkpoints_verdict"
     atomic.write_text(stem.with_suffix(".md"), md)
-    png = verdict.figure_png(rows, thesis, f"PGD-{args.iterations}x{args.restarts}")
     atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))
-    print(md)
+    _print(md)
     return 0
 
 
@@ -187,7 +206,7 @@ def cmd_evaluate(args) -> int:
                       attack=attack, seed=args.seed, backend=args.backend, run_attack=run_attack)
     if args.out:
         result.save(args.out)
-    print(json.dumps(result.summary(), indent=2))
+    _print(json.dumps(result.summary(), indent=2))
     return 0
 
 
@@ -197,7 +216,7 @@ def cmd_lr_find(args) -> int:
 
     r = range_test(_train_config(args), load_cifar10(args.data_dir), start_lr=args.start_lr, end_lr=args.end_lr,
                    steps=args.steps, plot=args.plot)
-    print(json.dumps({"min_lr": r.min_lr, "max_lr": r.max_lr, "diverged": r.diverged, "plot": args.plot}))
+    _print(json.dumps({"min_lr": r.min_lr, "max_lr": r.max_lr, "diverged": r.diverged, "plot": args.plot}))
     return 0
 
 
@@ -212,65 +231,54 @@ def cmd_sanity(args) -> int:
     checks = sanity_checks(_load_model(args.checkpoint), to_float(data.x_test[idx]).numpy(), data.y_test[idx],
                            base=PGDConfig(iterations=args.iterations, restarts=args.restarts),
                            thorough=not args.quick)
-    print(format_checks(checks))
+    _print(format_checks(checks))
     return 0 if all(c.passed for c in checks) else 1
 
 
-def _measurements(tier_name: str):
-    from kafrob.bench import Measurement, runs_dir
-    from kafrob.experiments import EXPERIMENTS
-
-    folder = runs_dir() / "measurements" / tier_name
-    order = {e.id: i for i, e in enumerate(EXPERIMENTS)}  # the thesis tables' row order
-    rows = sorted((json.loads(p.read_text()) for p in folder.glob("*.json")), key=lambda r: order.get(r["case"], 99))
-    return [Measurement(**{**r, "clean_interval": tuple(r["clean_interval"]),
-                           "robust_interval": tuple(r["robust_interval"])}) for r in rows]
-
-
 def cmd_table(args) -> int:
-    from kafrob.bench import results_table
+    from kafrob.bench.report import results_table
+    from kafrob.bench.store import load_measurements
+    from kafrob.bench.tiers import get_tier
 
-    ms = _measurements(args.tier)
+    tier = get_tier(args.tier)
+    ms = load_measurements(tier)
     if not ms:
         print(f"no measurements for tier {args.tier} yet (run the benchmark first)", file=sys.stderr)
         return 1
-    print(results_table(ms))
+    _print(results_table(ms, tier))
     return 0
 
 
 def cmd_regenerate(args) -> int:
-    from kafrob.bench import run_case, write_references
+    """A tier's reference files from a complete set of measurements: re-measured (all or nothing), or the last
+    benchmark run's; the checkpoints tier's come from the stored evaluation."""
+    from kafrob.bench.run import run_case
+    from kafrob.bench.shards import released_measurement
+    from kafrob.bench.store import load_measurements, write_references
+    from kafrob.bench.tiers import Source, get_tier
     from kafrob.data import load_cifar10
-    from kafrob.experiments import EXPERIMENTS, get_tier
 
     tier = get_tier(args.tier)
-    cases = [e for e in EXPERIMENTS if tier.source == "train" or e.model == "resnet20"]
-    if tier.source == "thesis-checkpoint":  # from the stored evaluation (`kafrob evaluate --shards-dir` adds to it)
-        from kafrob import released
-
-        measurements = [released.measurement(e.activation) for e in cases]
+    cases = tier.cases()
+    if tier.source is Source.THESIS_CHECKPOINT:
+        measurements = [released_measurement(e.activation) for e in cases]
     elif args.from_measurements:
-        measurements = _measurements(tier.name)
+        measurements = load_measurements(tier)
         missing = sorted({e.id for e in cases} - {m.case for m in measurements})
-        if tier.source == "train" and missing:
+        if missing:
             print(f"no {tier.name} measurement of {', '.join(missing)} (run the benchmark first)", file=sys.stderr)
             return 1
     else:
-        from kafrob.checkpoints import CheckpointError
-
         data = load_cifar10(args.data_dir)
-        measurements = []
-        for e in cases:  # any failure raises before anything is written
-            try:
-                measurements.append(run_case(e, tier, data))
-            except CheckpointError as exc:  # released models only: a row without its file is left out, loudly
-                print(f"SKIPPED {e.id}: {exc}", file=sys.stderr)
+        measurements = [run_case(e, tier, data) for e in cases]  # any failure raises before anything is written
     for path in write_references(measurements, tier):
-        print(f"wrote {path}")
+        _print(f"wrote {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kafrob.bench.tiers import TIERS
+
     parser = argparse.ArgumentParser(prog="kafrob", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="FBF-train one model")
@@ -317,15 +325,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, func, help_ in (("table", cmd_table, "print the measured results of a tier"),
                               ("regenerate", cmd_regenerate, "re-measure a tier, rewrite reference_results/")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("--tier", default="smoke", choices=("smoke", "full", "checkpoints"))
+        p.add_argument("--tier", default="smoke", choices=list(TIERS))
         p.add_argument("--data-dir", default=None)
         if name == "regenerate":
             p.add_argument("--from-measurements", action="store_true",
                            help="write the tables from the last benchmark run (runs/measurements) instead")
         p.set_defaults(func=func)
     args = parser.parse_args(argv)
+    _RESULTS[0] = sys.stdout
     try:
-        return args.func(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"kafrob: error: {exc}", file=sys.stderr)
         return 2

@@ -35,6 +35,24 @@ def synthetic_cifar(tmp_path) -> Path:
     return tmp_path
 
 
+@pytest.fixture
+def tiny(tmp_path):
+    """A 100-image CIFAR-like test set (10 per class) and a small trained-enough Keras model file."""
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", 20, i)
+    write_batch(folder / "test_batch", 100, 0)
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    return tmp_path / "data", path
+
+
 @pytest.fixture(scope="session")
 def cifar() -> Cifar10:
     """The real data. Without KAFROB_DATA_DIR the test is skipped (a laptop without the data); with it

@@ -1,10 +1,17 @@
-"""The command line: every subcommand answers --help, and bad arguments are one clear line, exit 2."""
+"""The command line: every subcommand answers --help, bad arguments are one clear line (exit 2), and each
+subcommand runs end to end on tiny data. Choices come from the registries."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from kafrob import cli
+from kafrob.activations import ACTIVATIONS
+from kafrob.bench import store
+from kafrob.bench.cases import EXPERIMENTS
+from kafrob.bench.tiers import TIERS
 
 SUBCOMMANDS = ("train", "evaluate", "verdict", "merge", "lr-find", "sanity", "table", "regenerate")
 
@@ -17,29 +24,27 @@ def test_help(command, capsys):
     assert "usage: kafrob " + command in capsys.readouterr().out
 
 
-def test_unknown_tier_is_an_argument_error(capsys):
+@pytest.mark.parametrize(("argv", "message"), [
+    (["table", "--tier", "huge"], f"invalid choice: 'huge' (choose from {', '.join(map(repr, TIERS))})"),
+    (["train", "--model", "vgg", "--activation", "gelu", "--run-dir", "r"], "invalid choice: 'gelu'"),
+    (["train", "--model", "lenet", "--activation", "relu", "--run-dir", "r"], "invalid choice: 'lenet'"),
+    (["evaluate", "--checkpoint", "thesis:resnet20-tanh"], "unknown thesis checkpoint 'thesis:resnet20-tanh'; known: "
+                                                           "thesis:resnet20-relu, thesis:resnet20-elu"),
+    (["evaluate", "--checkpoint", "model.h5"], "expected thesis:resnet20-<activation> or a .keras file"),
+    (["evaluate", "--checkpoint", "thesis:resnet20-relu", "--shards-dir", "x", "--shard", "3"], "expected i/k"),
+    (["evaluate", "--checkpoint", "a.keras", "--labels", "target"], "invalid choice: 'target'"),
+])
+def test_bad_arguments_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as done:
-        cli.main(["table", "--tier", "huge"])
-    assert done.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
-
-
-def test_bad_worker_is_an_argument_error(capsys):
-    with pytest.raises(SystemExit) as done:
-        cli.main(["evaluate", "--checkpoint", "thesis:resnet20-relu", "--shards-dir", "x", "--shard", "3"])
-    assert done.value.code == 2 and "expected i/k" in capsys.readouterr().err
-
-
-def test_unknown_thesis_checkpoint_is_one_line(capsys):
-    assert cli.main(["evaluate", "--checkpoint", "thesis:resnet20-tanh", "--n", "10"]) == 2
+        cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("kafrob: error: no thesis ResNet20 checkpoint for 'tanh'; known: relu, elu")
+    assert done.value.code == 2 and message in err[-1]
 
 
-def test_unknown_activation_is_one_line(tmp_path, capsys):
-    code = cli.main(["train", "--model", "vgg", "--activation", "gelu", "--run-dir", str(tmp_path),
-                     "--data-dir", str(tmp_path)])
-    assert code == 2
-    assert "unknown activation 'gelu'" in capsys.readouterr().err
+def test_activation_choices_are_the_registry(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "{" + ",".join(ACTIVATIONS) + "}" in capsys.readouterr().out.replace("\n", "").replace(" ", "")
 
 
 def test_several_models_need_shards(capsys):
@@ -50,3 +55,63 @@ def test_several_models_need_shards(capsys):
 def test_verdict_without_shards_is_one_line(tmp_path, capsys):
     assert cli.main(["verdict", "--shards-dir", str(tmp_path)]) == 2
     assert "no finished shards in" in capsys.readouterr().err
+
+
+def test_train_lr_find_evaluate_sanity_end_to_end(tiny, tmp_path, capsys):
+    data_dir, model_path = tiny
+    run = tmp_path / "run"
+    assert cli.main(["train", "--model", "vgg", "--activation", "relu", "--epochs", "1", "--batch-size", "50",
+                     "--data-dir", str(data_dir), "--run-dir", str(run)]) == 0
+    assert (run / "model.keras").is_file() and "loss" in json.loads(capsys.readouterr().out)
+    plot = tmp_path / "lr.png"
+    assert cli.main(["lr-find", "--model", "vgg", "--activation", "relu", "--batch-size", "50", "--steps", "3",
+                     "--data-dir", str(data_dir), "--plot", str(plot)]) == 0
+    assert plot.is_file() and json.loads(capsys.readouterr().out)["plot"] == str(plot)
+    assert cli.main(["evaluate", "--checkpoint", str(run / "model.keras"), "--n", "20", "--iterations", "2",
+                     "--restarts", "1", "--data-dir", str(data_dir), "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == 20 and (tmp_path / "ev.json").is_file()
+    code = cli.main(["sanity", "--checkpoint", str(model_path), "--n", "20", "--iterations", "2", "--restarts", "1",
+                     "--quick", "--data-dir", str(data_dir)])
+    assert code in (0, 1) and "eps=0 gives clean accuracy" in capsys.readouterr().out
+
+
+def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monkeypatch):
+    """The released-model commands on stand-ins: a tiny model answers for two thesis rows."""
+    import keras
+
+    data_dir, model_path = tiny
+    monkeypatch.setattr(cli, "_load_model", lambda spec: keras.saving.load_model(model_path))
+    shards_dir = tmp_path / "shards"
+    common = ["--labels", "predicted", "true", "--shard-images", "10", "--iterations", "2", "--restarts", "2",
+              "--shards-dir", str(shards_dir)]
+    assert cli.main(["evaluate", "--checkpoint", "thesis:resnet20-relu", "thesis:resnet20-kaf", *common, "--n", "20",
+                     "--data-dir", str(data_dir)]) == 0
+    assert [r["n"] for r in json.loads(capsys.readouterr().out)] == [20] * 4
+    assert cli.main(["merge", "--checkpoint", "thesis:resnet20-kaf", *common]) == 0
+    (predicted, true) = json.loads(capsys.readouterr().out)
+    assert predicted["label_mode"] == "predicted" and true["shards"] == 2
+    out = tmp_path / "verdict"
+    assert cli.main(["verdict", "--iterations", "2", "--restarts", "2", "--shard-images", "10", "--shards-dir",
+                     str(shards_dir), "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert "20 common test images" in md and "| kaf vs relu | base | predicted | robust |" in md
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_table_and_regenerate_from_measurements(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path / "refs")
+    assert cli.main(["table", "--tier", "smoke"]) == 1
+    assert "no measurements for tier smoke" in capsys.readouterr().err
+    for e in EXPERIMENTS[:-1]:
+        store.save_measurement(store.Measurement(e.id, "smoke", 20.0, 10.0, (15.0, 25.0), (6.0, 14.0), 100, 100, 1.0,
+                                                 2.3))
+    assert cli.main(["table", "--tier", "smoke"]) == 0
+    assert "vgg-relu" not in capsys.readouterr().out  # rows are model and activation
+    assert cli.main(["regenerate", "--tier", "smoke", "--from-measurements"]) == 1
+    assert f"no smoke measurement of {EXPERIMENTS[-1].id}" in capsys.readouterr().err
+    e = EXPERIMENTS[-1]
+    store.save_measurement(store.Measurement(e.id, "smoke", 20.0, 10.0, (15.0, 25.0), (6.0, 14.0), 100, 100, 1.0, 2.3))
+    assert cli.main(["regenerate", "--tier", "smoke", "--from-measurements"]) == 0
+    assert json.loads((tmp_path / "refs" / "smoke.json").read_text())["results"][e.id]["train_loss"] == 2.3

@@ -16,7 +16,7 @@ from kafrob.data import ENV_VAR
 
 @pytest.mark.slow
 def test_mirrored_strategy_matches_single_device_and_trains(cifar):
-    script = Path(__file__).with_name("mirrored_check.py")
+    script = Path(__file__).parent / "scripts" / "mirrored_check.py"
     proc = subprocess.run([sys.executable, str(script), os.environ[ENV_VAR]], capture_output=True, text=True,
                           timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-3000:]

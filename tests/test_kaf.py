@@ -6,24 +6,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from kaf_oracle import BOUNDARY, GAMMA, POINTS, STEP, D, analytic_gradients, rel_error, scale
 
 from kafrob import kaf, native
-from kafrob.kaf import KAF, default_gamma, dictionary_points, kaf_direct, kaf_reference, kaf_uniform, ridge_coefficients
-
-D, BOUNDARY = 20, 3.0
-STEP = 2 * BOUNDARY / (D - 1)
-GAMMA = default_gamma(D, BOUNDARY)
-POINTS = dictionary_points(D, BOUNDARY)
-TINY = 1e-30  # below any meaningful activation; float32 flushes such values to zero anyway
-
-
-def scale(x, coeffs, points=POINTS, gamma=GAMMA):
-    """sum_i |a_i| k_i(x): the size of the terms, the natural denominator for a sum that can cancel."""
-    return kaf_reference(x, np.abs(coeffs), points, gamma)
-
-
-def rel_error(ours, ref, denom):
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - ref) / np.maximum(denom, TINY)))
+from kafrob.kaf import KAF, kaf_direct, kaf_reference, kaf_uniform, ridge_coefficients
 
 
 @pytest.fixture(params=["native", "portable"])
@@ -71,27 +57,6 @@ def test_uniform_kernel_values_near_direct_float32_relative(kernels):
     assert np.max(np.abs(ours - ref) / np.abs(ref)) <= 1e-6
 
 
-def _analytic_grads(x, coeffs, upstream, points, gamma, magnitude=False):
-    """Float64 gradients of sum(upstream * f) w.r.t. x, coeffs, points, gamma.
-
-    ``magnitude=True`` sums the absolute values of the same terms instead: the natural denominator for a
-    relative error of sums that can cancel.
-    """
-    absolute = np.abs if magnitude else (lambda v: v)
-    x64 = np.asarray(x, np.float64)[..., None]
-    gamma = np.asarray(gamma, np.float64)
-    g = gamma[:, None] if gamma.ndim else gamma
-    diff = x64 - points
-    k = np.exp(-g * diff**2)
-    u = absolute(np.asarray(upstream, np.float64)[..., None])
-    a, d = absolute(np.asarray(coeffs, np.float64)), absolute(diff)
-    dx = (u * a * k * (2 if magnitude else -2) * g * d).sum(-1)
-    dcoeffs = (u * k).reshape(-1, *coeffs.shape).sum(0)
-    dpoints = (u * a * k * 2 * g * d).reshape(-1, *coeffs.shape).sum(0)
-    dgamma = (u * a * k * (diff**2 if magnitude else -(diff**2))).sum(-1).reshape(-1, coeffs.shape[0]).sum(0)
-    return dx, dcoeffs, dpoints, dgamma
-
-
 def gradients_in(mode: str, fn, args, upstream):
     """Gradients of fn(*args) run eagerly, as a graph, or XLA-compiled (what training uses)."""
     def run(args, upstream):
@@ -121,8 +86,8 @@ def test_uniform_kernel_gradients(mode, kernels):
     y, (dx, dc) = gradients_in(mode, lambda x, c: kaf_uniform(x, c, start=-BOUNDARY, step=STEP, gamma=GAMMA),
                                [x, coeffs], upstream)
     assert rel_error(y, kaf_reference(x, coeffs, POINTS, GAMMA), scale(x, coeffs)) <= 1e-5
-    refs = _analytic_grads(x, coeffs, upstream, POINTS, GAMMA)[:2]
-    scales = _analytic_grads(x, coeffs, upstream, POINTS, GAMMA, magnitude=True)[:2]
+    refs = analytic_gradients(x, coeffs, upstream, POINTS, GAMMA)[:2]
+    scales = analytic_gradients(x, coeffs, upstream, POINTS, GAMMA, magnitude=True)[:2]
     for got, ref, size in zip((dx, dc), refs, scales, strict=True):
         assert rel_error(got, ref, size) <= 1e-5
 
@@ -157,8 +122,8 @@ def test_direct_kernel_and_its_gradients(mode, chunk, monkeypatch):
     y, grads = gradients_in(mode, kaf_direct, [x, coeffs, points, gamma], upstream)
     p64, g64 = points.astype(np.float64), gamma.astype(np.float64)
     assert rel_error(y, kaf_reference(x, coeffs, p64, g64), scale(x, coeffs, p64, g64)) <= 1e-5
-    refs = _analytic_grads(x, coeffs, upstream, p64, g64)
-    scales = _analytic_grads(x, coeffs, upstream, p64, g64, magnitude=True)
+    refs = analytic_gradients(x, coeffs, upstream, p64, g64)
+    scales = analytic_gradients(x, coeffs, upstream, p64, g64, magnitude=True)
     for got, ref, size in zip(grads, refs, scales, strict=True):  # x, coefficients, dictionary, gamma
         assert rel_error(got, ref, size) <= 1e-5
 

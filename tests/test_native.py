@@ -17,13 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tensorflow as tf
+from kaf_oracle import BOUNDARY, GAMMA, STEP, D, analytic_gradients, scale
 
 from kafrob import kaf, native
 from kafrob.kaf import default_gamma, dictionary_points, kaf_reference, kaf_uniform
 
-D, BOUNDARY = 20, 3.0
-STEP = 2 * BOUNDARY / (D - 1)
-GAMMA = default_gamma(D, BOUNDARY)
 DICTIONARY = tf.constant([-BOUNDARY, STEP, GAMMA], tf.float64)
 
 
@@ -38,12 +36,9 @@ def ops():
 def _float64_reference(x, coeffs, upstream, size=D, boundary=BOUNDARY):
     """f(x), f'(x), the coefficient gradient, and the terms' size sum |a_j| k_j(x), in float64."""
     points, gamma = dictionary_points(size, boundary), default_gamma(size, boundary)
-    x64 = x.astype(np.float64)[..., None]
-    k = np.exp(-gamma * (x64 - points) ** 2)
-    slope = (coeffs.astype(np.float64) * k * -2 * gamma * (x64 - points)).sum(-1)
-    coeff_grad = (upstream.astype(np.float64)[..., None] * k).reshape(-1, *coeffs.shape).sum(0)
-    return (kaf_reference(x, coeffs, points, gamma), slope, coeff_grad,
-            kaf_reference(x, np.abs(coeffs), points, gamma))
+    slope = analytic_gradients(x, coeffs, np.ones_like(x), points, gamma)[0]
+    coeff_grad = analytic_gradients(x, coeffs, upstream, points, gamma)[1]
+    return kaf_reference(x, coeffs, points, gamma), slope, coeff_grad, scale(x, coeffs, points, gamma)
 
 
 @pytest.mark.parametrize("channels", [16, 64, 5], ids=["vector", "vector-wide", "scalar"])

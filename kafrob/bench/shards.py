@@ -11,31 +11,40 @@ Per example: the clean prediction; under the attack the label it attacked (true,
 prediction as in the thesis), the first restart that changed that label (-1: none did) and the
 prediction on the adversarial example. Robust accuracy is the adversarial prediction's accuracy
 against the true labels, in both label modes.
+
+The released thesis models' stored evaluation (``SHARDS_DIR``) uses the thesis protocol (``PROTOCOL``) with these
+files; kafrob.bench.run computes shards, kafrob.bench.judge holds them against the thesis.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kafrob import atomic
-
-if TYPE_CHECKING:
-    from kafrob.pgd import PGDConfig
+from kafrob.bench.store import CLEAN_FILE, REFERENCE_DIR, Measurement
+from kafrob.pgd import PGDConfig
+from kafrob.stats import wilson_interval
 
 SHARD_IMAGES = 200  # a multiple of 10: every prefix of whole shards is class-balanced (evaluation_order)
+
 FIELDS = ("index", "label", "clean_pred", "attack_label", "first_restart", "adv_pred")
+
 # Header fields that must agree for shards to be merged: they change the computed numbers (the arithmetic by
 # kafrob.arithmetic.results_key). The code version is recorded, not compared: the checkpoints tier re-computes
 # a stored shard and fails if the code changed it.
 MUST_AGREE = ("spec", "arithmetic", "tensorflow", "keras")
+
+SHARDS_DIR = REFERENCE_DIR / "checkpoints" / "shards"
+
+PROTOCOL = PGDConfig(iterations=50, restarts=10, label_mode="predicted")  # the thesis's
+
+THESIS_CLEAN_N = 10_000  # the JPEG deltas' spread (0.18 points over 8 rows) fits all 10,000, not a 2,000 sample
 
 
 def agreement_key(header: dict) -> dict:
@@ -104,65 +113,10 @@ def shards_for(n: int, spec: ShardSpec, worker: tuple[int, int] = (0, 1)) -> lis
     return list(range(n // spec.shard_images))[i::k]
 
 
-def _header(spec: ShardSpec, shard: int, seconds: float) -> dict:
-    from kafrob.bench import code_version, environment
-
-    return {"spec": spec.to_dict(), "shard": shard, "seconds": seconds, "code_version": code_version(),
-            **environment()}
-
-
 def sibling(spec: ShardSpec) -> ShardSpec:
     """The same evaluation in the other label mode."""
     other = "true" if spec.attack.label_mode == "predicted" else "predicted"
     return dataclasses.replace(spec, attack=dataclasses.replace(spec.attack, label_mode=other))
-
-
-def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHARD_IMAGES,
-              reuse: dict | None = None) -> dict:
-    """Per-example results of one shard (arrays of FIELDS) and its header.
-
-    ``reuse``: the same shard in the other label mode (``sibling``). Where both modes attack the same label
-    (the clean prediction is right) the attack is the same computation (random starts are per image:
-    ``kafrob.pgd.random_starts``), so those images take its results and only the others are attacked.
-    """
-    from kafrob.data import to_float
-    from kafrob.pgd import pgd_restarts, predict
-
-    start = time.time()
-    order = evaluation_order(data.y_test, spec.seed)
-    index = order[shard * spec.shard_images:(shard + 1) * spec.shard_images]
-    if len(index) < spec.shard_images:
-        raise ShardError(f"shard {shard} lies beyond the {len(order)} test images")
-    x_all = to_float(data.x_test[index]).numpy()
-    clean = np.concatenate([predict(model, x_all[b:b + batch_size]).numpy() for b in range(0, len(index), batch_size)])
-    attacked = clean if spec.attack.label_mode == "predicted" else data.y_test[index].astype(np.int32)
-    first = np.full(len(index), -1, np.int32)
-    adv_pred = attacked.copy()
-    todo = np.arange(len(index))
-    if reuse is not None:
-        if not np.array_equal(reuse["index"], index) or not np.array_equal(reuse["clean_pred"], clean):
-            raise ShardError(f"shard {shard}: the other label mode's file has other images or clean predictions; "
-                             "recompute it")
-        same = reuse["attack_label"] == attacked
-        first[same], adv_pred[same] = reuse["first_restart"][same], reuse["adv_pred"][same]
-        todo = np.flatnonzero(~same)
-    for b in range(0, len(todo), batch_size):
-        part = todo[b:b + batch_size]
-        x_adv, first[part] = pgd_restarts(model, x_all[part], attacked[part], spec.attack, seed=spec.seed,
-                                          ids=index[part])
-        adv_pred[part] = predict(model, x_adv).numpy()
-    arrays = dict(zip(FIELDS, (index, data.y_test[index], clean, attacked, first, adv_pred), strict=True))
-    header = _header(spec, shard, time.time() - start)
-    header["reused"] = int(len(index) - len(todo))  # images whose results came from the other label mode
-    return {**{f: np.asarray(v).astype(np.int32) for f, v in arrays.items()}, "header": header}
-
-
-def _arithmetic_differs(header: dict) -> bool:
-    from kafrob.bench import environment
-
-    here = agreement_key({**environment(), "spec": None})
-    there = agreement_key({**header, "spec": None})
-    return here != there
 
 
 def save_shard(path: Path, result: dict) -> Path:
@@ -173,33 +127,6 @@ def save_shard(path: Path, result: dict) -> Path:
 def load_shard(path: Path) -> dict:
     with np.load(path) as z:
         return {**{f: z[f] for f in FIELDS}, "header": json.loads(str(z["header"]))}
-
-
-def run(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
-        load_data: Callable[[], object], progress: Callable[[str], None] = print,
-        recompute: bool = False) -> list[Path]:
-    """Run every (spec, shard) of ``plan`` that has no file yet (all of them with ``recompute``), in order; data
-    and models are loaded only if something is left to do. Progress covers the whole plan. Returns the files."""
-    plan = list(plan)
-    todo = [(spec, shard) for spec, shard in plan if recompute or not spec.shard_path(root, shard).exists()]
-    images = sum(spec.shard_images for spec, _ in todo)
-    progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
-    data = load_data() if todo else None
-    started, done_images = time.time(), 0
-    for i, (spec, shard) in enumerate(todo, 1):
-        other = sibling(spec).shard_path(root, shard)
-        reuse = load_shard(other) if other.exists() else None
-        if reuse is not None and _arithmetic_differs(reuse["header"]):
-            reuse = None
-        result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)
-        save_shard(spec.shard_path(root, shard), result)
-        done_images += spec.shard_images
-        robust = float(np.mean(result["adv_pred"] == result["label"]))
-        eta = (time.time() - started) / i * (len(todo) - i)
-        progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} done "
-                 f"(robust {100 * robust:.1f}%, {result['header']['seconds']:.0f} s); {done_images} images this "
-                 f"run, ETA {eta / 60:.0f} min")
-    return [spec.shard_path(root, shard) for spec, shard in plan]
 
 
 @dataclass(frozen=True)
@@ -249,3 +176,31 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
     header["seconds"] = sum(s["header"]["seconds"] for s in loaded)
     arrays = {f: np.concatenate([s[f] for s in loaded]) for f in FIELDS}
     return Merged(first["spec"], tuple(found), header, arrays)
+
+
+def released_spec(activation: str, label_mode: str = "predicted", shard_images: int = SHARD_IMAGES) -> ShardSpec:
+    attack = PGDConfig(iterations=PROTOCOL.iterations, restarts=PROTOCOL.restarts, label_mode=label_mode)
+    return ShardSpec(f"thesis:resnet20-{activation}", attack, shard_images=shard_images)
+
+
+def stored(activation: str, label_mode: str = "predicted", root: Path = SHARDS_DIR) -> Merged:
+    return merge(released_spec(activation, label_mode), root)
+
+
+def stored_clean_accuracy(path: Path = CLEAN_FILE) -> dict[str, float]:
+    """Clean accuracy (%) on all 10,000 test images under the reference arithmetic, per activation."""
+    data = json.loads(path.read_text())
+    return {a: paths[data["reference_path"]]["accuracy"] for a, paths in data["rows"].items()}
+
+
+def released_measurement(activation: str, clean: dict[str, float] | None = None) -> Measurement:
+    """The stored numbers of one row as the tiers' Measurement: clean on all 10,000, robust as the thesis measured
+    it (predicted labels) on the images the stored shards cover; seconds: the shards' CPU time."""
+    clean = stored_clean_accuracy() if clean is None else clean
+    robust = stored(activation)
+    k_clean, k_robust = round(clean[activation] * THESIS_CLEAN_N / 100), int(robust.robust_correct.sum())
+    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
+    return Measurement(f"resnet20-{activation}", "checkpoints", clean[activation], 100 * k_robust / robust.n,
+                       pct(wilson_interval(k_clean, THESIS_CLEAN_N)), pct(wilson_interval(k_robust, robust.n)),
+                       THESIS_CLEAN_N, robust.n, robust.header["seconds"])
+

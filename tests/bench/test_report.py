@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kafrob import verdict
+from kafrob.bench import judge, report
 
 
 def _merged(index, clean, robust):
@@ -20,11 +20,11 @@ def _merged(index, clean, robust):
 def test_rows_are_restricted_to_common_images_in_index_order():
     merged = {("relu", "true"): _merged([3, 1, 2, 0], [1, 1, 0, 0], [1, 0, 0, 0]),
               ("kaf", "true"): _merged([1, 2, 3], [1, 1, 1], [1, 1, 1])}
-    rows = verdict.common_rows(merged)
+    rows = judge.common_rows(merged)
     assert rows[("relu", "true")].n == rows[("kaf", "true")].n == 3
     np.testing.assert_array_equal(rows[("relu", "true")].robust, [False, False, True])  # images 1, 2, 3
     with pytest.raises(ValueError, match="share no test image"):
-        verdict.common_rows({("relu", "true"): _merged([0], [1], [1]), ("kaf", "true"): _merged([1], [1], [1])})
+        judge.common_rows({("relu", "true"): _merged([0], [1], [1]), ("kaf", "true"): _merged([1], [1], [1])})
 
 
 def test_pairs_include_bases_and_the_best_fixed_activation():
@@ -33,21 +33,21 @@ def test_pairs_include_bases_and_the_best_fixed_activation():
     rob = {"relu": 0.40, "elu": 0.45, "swish": 0.55, "kaf": 0.5, "kaf_relu": 0.5, "kaf_elu": 0.5,
            "kaf_swish": 0.5, "kaf_free": 0.5}
     merged = {(a, "predicted"): _merged(np.arange(400), rng.random(400) < 0.8, rng.random(400) < rob[a]) for a in acts}
-    rows = verdict.common_rows(merged)
-    got = verdict.pairs(rows, "predicted")
+    rows = judge.common_rows(merged)
+    got = judge.pairs(rows, "predicted")
     assert ("kaf_relu", "relu", "base") in got and ("swish", "relu", "base") in got
     assert ("kaf", "swish", "best fixed") in got and ("kaf_free", "swish", "best fixed") in got
     assert ("kaf_swish", "swish", "best fixed") not in got  # already its base comparison
-    assert len(verdict.compare_all(rows)) == 2 * len(got)
+    assert len(judge.compare_all(rows)) == 2 * len(got)
 
 
 def test_reading_follows_the_interval():
     a = np.array([1] * 300 + [0] * 100, bool)
     b = np.array([1] * 200 + [0] * 200, bool)
     merged = {("kaf", "true"): _merged(np.arange(400), a, a), ("relu", "true"): _merged(np.arange(400), b, b)}
-    (robust, clean) = verdict.compare_all(verdict.common_rows(merged))
-    assert robust.metric == "robust" and "kaf beats relu" in verdict.reading(robust)
+    (robust, clean) = judge.compare_all(judge.common_rows(merged))
+    assert robust.metric == "robust" and "kaf beats relu" in report.reading(robust)
     tie = {("kaf", "true"): _merged(np.arange(400), a, a), ("relu", "true"): _merged(np.arange(400), a[::-1], a[::-1])}
-    (robust, _) = verdict.compare_all(verdict.common_rows(tie))
-    assert "undecided at n=400" in verdict.reading(robust)
-    assert "| kaf vs relu | base | true | robust |" in verdict.comparison_table([robust])
+    (robust, _) = judge.compare_all(judge.common_rows(tie))
+    assert "undecided at n=400" in report.reading(robust)
+    assert "| kaf vs relu | base | true | robust |" in report.comparison_table([robust])

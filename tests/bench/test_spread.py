@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kafrob import spread
+from kafrob.bench import spread
 
 
 def _run(tmp_path, name, values):

@@ -12,9 +12,9 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import write_batch
 
-from kafrob import shards
+from kafrob.bench import run as bench_run
+from kafrob.bench import shards
 from kafrob.data import Cifar10
 from kafrob.pgd import PGDConfig
 
@@ -42,22 +42,6 @@ def test_shards_for_workers():
         shards.shards_for(1000, spec, (3, 3))
     with pytest.raises(ValueError, match="multiple of 10"):
         shards.ShardSpec("m.keras", ATTACK, shard_images=15)
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    """A 100-image CIFAR-like test set (10 per class) and a small trained-enough Keras model file."""
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i in range(1, 6):
-        write_batch(folder / f"data_batch_{i}", 20, i)
-    write_batch(folder / "test_batch", 100, 0)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(8, 3, activation="relu"),
-                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
-    path = tmp_path / "tiny.keras"
-    model.save(path)
-    return tmp_path / "data", path
 
 
 def _evaluate(data_dir, model_path, out_dir, **popen):
@@ -114,7 +98,7 @@ def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
     spec = shards.ShardSpec("tiny", PGDConfig(iterations=2, restarts=2), shard_images=10)
     data = _data()
     lines = []
-    paths = shards.run([(spec, 0), (spec, 1)], tmp_path, load_model=lambda _: model, load_data=lambda: data,
+    paths = bench_run.run_shards([(spec, 0), (spec, 1)], tmp_path, load_model=lambda _: model, load_data=lambda: data,
                        progress=lines.append)
     assert lines[0] == "kafrob: 0 of 2 shards done, 2 to run (20 images)" and "ETA" in lines[-1]
     merged = shards.merge(spec, tmp_path)
@@ -144,7 +128,7 @@ def test_restarts_run_only_on_images_not_yet_fooled(tmp_path):
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
     spec = shards.ShardSpec("tiny", PGDConfig(iterations=1, restarts=4, eps=0.5 / 255, step=0.5 / 255),
                             shard_images=20)
-    result = shards.run_shard(model, _data(), spec, 0)
+    result = bench_run.run_shard(model, _data(), spec, 0)
     fooled = result["first_restart"] >= 0
     np.testing.assert_array_equal(fooled, result["adv_pred"] != result["attack_label"])
     assert set(result["first_restart"]) <= {-1, 0, 1, 2, 3}
@@ -158,12 +142,12 @@ def test_the_other_label_mode_reuses_identical_attacks():
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
     data = _data(3)
     spec = shards.ShardSpec("tiny", PGDConfig(iterations=3, restarts=3, eps=2 / 255, step=1 / 255), shard_images=30)
-    alone = shards.run_shard(model, data, spec, 0)
-    predicted = shards.run_shard(model, data, shards.sibling(spec), 0)
-    reused = shards.run_shard(model, data, spec, 0, reuse=predicted)
+    alone = bench_run.run_shard(model, data, spec, 0)
+    predicted = bench_run.run_shard(model, data, shards.sibling(spec), 0)
+    reused = bench_run.run_shard(model, data, spec, 0, reuse=predicted)
     right = alone["clean_pred"] == alone["label"]
     assert 0 < reused["header"]["reused"] == right.sum() < 30 and alone["header"]["reused"] == 0
     for field in shards.FIELDS:
         np.testing.assert_array_equal(reused[field], alone[field])
     with pytest.raises(shards.ShardError, match="other images"):
-        shards.run_shard(model, data, spec, 0, reuse={**predicted, "index": predicted["index"][::-1]})
+        bench_run.run_shard(model, data, spec, 0, reuse={**predicted, "index": predicted["index"][::-1]})

@@ -84,7 +84,7 @@ def table(reference: dict[str, dict], runs: dict[str, dict[str, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kafrob.bench import REFERENCE_DIR
+    from kafrob.bench.store import REFERENCE_DIR, environment
 
     folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
     reference_file = REFERENCE_DIR / "smoke.json"
@@ -92,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     reference = stored["results"]
     runs = load_runs(folders)
     tol = tolerances(reference, runs)
-    from kafrob.bench import environment
-
     machine = {k: v for k, v in environment().items() if k not in ("onednn", "kaf_kernels", "kaf_target")}
     found = detected(reference, runs, tol)
     payload = {"reference": {"file": reference_file.name, "environment": stored.get("environment")},

@@ -3,7 +3,7 @@
 Run with `nox -s speed` (autosaved; compare commits with `--benchmark-compare`). The ratios the issues
 set targets for (KAF/ReLU <= 1.5, FBF/clean <= 2.0, ART/kafrob PGD >= 2) are printed at the end of the
 run (see conftest.py); train steps also store their peak allocator memory in extra_info. These are
-measurements, not timed assertions.
+measurements, not timed assertions, in their own folder so that the tiers (`pytest benchmark`) never run them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from kafrob.models import build_model
 from kafrob.pgd import PGDConfig, pgd_attack
 
 BATCH = 128
-MEDIANS: dict[str, float] = {}  # test id -> median seconds, read by conftest's ratio summary
-PEAK_MIB: dict[str, float] = {}  # test id -> peak allocator memory of one train step
 
 
 def _activation(name: str, monkeypatch) -> str:
@@ -35,11 +33,6 @@ def _activation(name: str, monkeypatch) -> str:
     return name
 
 
-def _record(benchmark, request) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        MEDIANS[request.node.name] = benchmark.stats.stats.median
-
-
 def _batch():
     rng = np.random.default_rng(0)
     return (tf.constant(rng.uniform(size=(BATCH, 32, 32, 3)).astype(np.float32)),
@@ -47,7 +40,7 @@ def _batch():
 
 
 @pytest.mark.parametrize("activation", ["relu", "kaf", "kaf-portable", "kaf_free"])
-def test_layer_forward_backward(benchmark, request, monkeypatch, activation):
+def test_layer_forward_backward(benchmark, speed_record, monkeypatch, activation):
     layer = activation_layer(_activation(activation, monkeypatch))
     x = tf.random.normal((BATCH, 32, 32, 16))
     layer(x)
@@ -60,23 +53,23 @@ def test_layer_forward_backward(benchmark, request, monkeypatch, activation):
         return tape.gradient(y, [x, *layer.trainable_variables])
 
     benchmark.pedantic(lambda: [g.numpy() for g in step(x)], rounds=5, warmup_rounds=1)
-    _record(benchmark, request)
+    speed_record()
 
 
 @pytest.mark.parametrize("model_name", ["resnet20", "vgg"])
 @pytest.mark.parametrize("activation", ["relu", "kaf", "kaf-portable"])
 @pytest.mark.parametrize("adversarial", [True, False], ids=["fbf", "clean"])
 @pytest.mark.parametrize("jit", [True, False], ids=["xla", "graph"])  # graph: what a user's own tf.function gets
-def test_train_step(benchmark, request, monkeypatch, model_name, activation, adversarial, jit):
+def test_train_step(benchmark, speed_record, monkeypatch, model_name, activation, adversarial, jit):
     model = build_model(model_name, _activation(activation, monkeypatch))
     step = make_train_step(model, keras.optimizers.SGD(0.01), FBFConfig(adversarial=adversarial), jit_compile=jit)
     x, y = _batch()
     seed = tf.constant([0, 0], tf.int64)
     step(x, y, seed)
     peak = _peak_step_memory(lambda: float(step(x, y, seed)["loss"]))
-    benchmark.extra_info["peak_step_memory_mib"] = PEAK_MIB[request.node.name] = peak
+    benchmark.extra_info["peak_step_memory_mib"] = peak
     benchmark.pedantic(lambda: float(step(x, y, seed)["loss"]), rounds=3, warmup_rounds=1)
-    _record(benchmark, request)
+    speed_record(peak_mib=peak)
 
 
 def _peak_step_memory(run) -> float:
@@ -91,7 +84,7 @@ THESIS_PGD_IMAGES = 64
 
 
 @pytest.mark.parametrize("row", ["relu", "kaf_relu", "kaf_relu-formula", "kaf_free"])
-def test_thesis_pgd_step(benchmark, request, monkeypatch, row):
+def test_thesis_pgd_step(benchmark, speed_record, monkeypatch, row):
     """PGD-5 on a released thesis model (float16 as released), under this process's arithmetic (oneDNN on or
     off): the cost per image and gradient step of the checkpoints tier's evaluation. ``-formula``: the KAF as
     TensorFlow's graph of the thesis formula instead of the compiled kernel (the same numbers, bit for bit)."""
@@ -113,11 +106,11 @@ def test_thesis_pgd_step(benchmark, request, monkeypatch, row):
     if benchmark.stats is not None:
         steps = THESIS_PGD_IMAGES * cfg.iterations
         benchmark.extra_info["image_steps_per_second"] = steps / benchmark.stats.stats.median
-    _record(benchmark, request)
+    speed_record()
 
 
 @pytest.mark.parametrize("backend", ["kafrob", "art"])
-def test_pgd10_resnet20(benchmark, request, backend):
+def test_pgd10_resnet20(benchmark, speed_record, backend):
     model = build_model("resnet20", "relu")
     x, y = _batch()
     cfg = PGDConfig(iterations=10, restarts=1)
@@ -128,4 +121,4 @@ def test_pgd10_resnet20(benchmark, request, backend):
         from kafrob.art_backend import art_pgd
 
         benchmark.pedantic(lambda: art_pgd(model, x.numpy(), y.numpy(), cfg, 0), rounds=2, warmup_rounds=0)
-    _record(benchmark, request)
+    speed_record()

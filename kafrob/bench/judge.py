@@ -1,0 +1,273 @@
+"""Judging measurements: a tier's case against its reference, the released models against the thesis and each other.
+
+* Trained tiers (``compare``): a suite reference pins this suite's own measurement (tolerances from the measured
+  spread, ``<tier>_spread.json``, kafrob.bench.spread) and the last epoch's training loss; a thesis reference
+  allows the tier's tolerance plus the measurement's 95% sampling half-width.
+* Released models, per row (``recompute``, ``against_thesis``): the code still computes the stored per-example
+  results (the first ``RECHECK_IMAGES`` images of shard 0, attacked again in a child process with the stored
+  arithmetic: identical, since random starts are per image); and the stored numbers against the thesis: robust
+  accuracy (predicted labels, n as stored) within the 95% half-width of the difference of two independent
+  samples (the thesis's 2,000 images drawn with replacement, ours) plus the JPEG shift; clean accuracy (all
+  10,000) at the thesis's plus the JPEG shift, within the two samples' half-width and twice the shift's spread.
+  The JPEG shift is the mean clean-accuracy difference (ours - thesis) of the *other* rows (leave one out, so a
+  row cannot excuse itself); that it is no larger on robust accuracy is an assumption (no pixel-exact CIFAR-10).
+* Released models against each other (``compare_all``): every row is attacked on the same images, so rows are
+  compared pairwise on them: the accuracy difference with Newcombe's paired 95% interval and the exact McNemar
+  test (kafrob.stats). The pairs: each KAF against the fixed activation it was initialised from (kaf and
+  kaf_free, random-initialised, against relu), swish and elu against relu, and every KAF against the best fixed
+  activation of that label mode: is a gain due to the KAF's trainability, or to a smoothness that a fixed smooth
+  activation also has?
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kafrob.arithmetic import kaf_kernels
+from kafrob.bench.cases import EXPERIMENTS, Experiment
+from kafrob.bench.shards import (
+    FIELDS,
+    SHARDS_DIR,
+    THESIS_CLEAN_N,
+    Merged,
+    agreement_key,
+    load_shard,
+    released_spec,
+    stored,
+    stored_clean_accuracy,
+)
+from kafrob.bench.store import Measurement, reference, reference_file
+from kafrob.bench.tiers import Reference, Tier
+from kafrob.stats import PairedComparison, paired_comparison, wilson_interval
+
+METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_robustness"))
+
+# Suite references also pin the last epoch's mean FBF training loss: at the smoke budget several models
+# are still near chance accuracy, where a broken KAF gradient or data pipeline would not move the
+# accuracies, but it moves the loss trajectory. CPU runs are seeded, so the loss repeats to ~1e-6 on
+# one machine; other arithmetic moves it by the spread measured in <tier>_spread.json (kafrob.spread),
+# which sets the tolerances where it exists. LOSS_TOLERANCE serves a suite reference without one.
+LOSS_TOLERANCE = 0.02
+
+THESIS_ROBUST_N = 2000  # the thesis's PGD sample, drawn with replacement
+
+RECHECK_IMAGES = 10
+
+Z95 = 1.959963984540054
+
+BASE_PAIRS = (("kaf_relu", "relu"), ("kaf_elu", "elu"), ("kaf_swish", "swish"), ("kaf", "relu"),
+              ("kaf_free", "relu"), ("swish", "relu"), ("elu", "relu"))
+
+FIXED = ("relu", "elu", "swish")
+
+
+def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
+    """The numbers a case is held to: the thesis table, or this suite's stored measurement (+ its loss)."""
+    if tier.reference is Reference.THESIS:
+        return {m: getattr(e, t) for m, t in METRICS}
+    rows = reference(tier)["results"]
+    if e.id not in rows:
+        raise KeyError(f"{reference_file(tier)} has no row {e.id}; regenerate the {tier.name} references")
+    expected = {m: rows[e.id][m] for m, _ in METRICS}
+    if rows[e.id].get("train_loss") is not None:
+        expected["train_loss"] = rows[e.id]["train_loss"]
+    return expected
+
+
+def reference_kernels(tier: Tier) -> str | None:
+    """The KAF kernels a suite reference was measured with (None: thesis references, or not recorded)."""
+    if tier.reference is Reference.THESIS or not reference_file(tier).exists():
+        return None
+    return reference(tier).get("environment", {}).get("kaf_kernels")
+
+
+def tolerances(tier: Tier) -> dict[str, float]:
+    """Allowed |measured - expected| per metric: for suite references the ones set from the measured spread
+    (``reference_results/<tier>_spread.json``, kafrob.bench.spread), else the tier's (thesis references)."""
+    spread = reference_file(tier).with_name(f"{tier.name}_spread.json")
+    if tier.reference is Reference.SUITE and spread.exists():
+        return {m: t["tolerance"] for m, t in json.loads(spread.read_text())["tolerances"].items()}
+    return {"clean_accuracy": tier.tolerance, "robust_accuracy": tier.tolerance, "train_loss": LOSS_TOLERANCE}
+
+
+def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
+    """Failures as readable lines; thesis references also allow the measurement's 95% sampling half-width."""
+    failures = []
+    measured_with = reference_kernels(tier)
+    hint = ""
+    if e.activation.startswith("kaf") and measured_with is not None and measured_with != kaf_kernels():
+        hint = (f" [the references were measured with the {measured_with} KAF kernels, this run used the "
+                f"{kaf_kernels()} ones (see the README, KAF kernels)]")
+    allowed_by_metric = tolerances(tier)
+    for metric, expected in expected_values(e, tier).items():
+        measured = getattr(m, metric)
+        if metric == "train_loss":
+            allowed = allowed_by_metric[metric]
+            if measured is None or abs(measured - expected) > allowed:
+                failures.append(f"{e.id} train_loss: measured {measured}, expected {expected:.4f} (suite), "
+                                f"allowed +-{allowed}: the training trajectory changed{hint}")
+            continue
+        lo, hi = getattr(m, metric.replace("accuracy", "interval"))
+        allowed = allowed_by_metric[metric] + ((hi - lo) / 2 if tier.reference is Reference.THESIS else 0.0)
+        if abs(measured - expected) > allowed:
+            failures.append(f"{e.id} {metric}: measured {measured:.2f}% (95% CI {lo:.2f}-{hi:.2f}), expected "
+                            f"{expected:.2f}% ({tier.reference}), delta {measured - expected:+.2f}, allowed "
+                            f"+-{allowed:.2f}{hint}")
+    return failures
+
+
+def _half_width(p_a: float, n_a: int, p_b: float, n_b: int) -> float:
+    """95% half-width (points) of the difference of two independent sample proportions given in percent."""
+    return 100 * Z95 * np.sqrt(p_a / 100 * (1 - p_a / 100) / n_a + p_b / 100 * (1 - p_b / 100) / n_b)
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    measured: float
+    n: int
+    expected: float
+    allowed: float
+    detail: str
+
+    @property
+    def passed(self) -> bool:
+        return abs(self.measured - self.expected) <= self.allowed
+
+    def line(self, activation: str) -> str:
+        return (f"resnet20-{activation} {self.metric}: stored {self.measured:.2f}% (n={self.n}), expected "
+                f"{self.expected:.2f}%, delta {self.measured - self.expected:+.2f}, allowed +-{self.allowed:.2f} "
+                f"({self.detail})")
+
+
+def against_thesis(activation: str, thesis: dict[str, tuple[float, float]], clean: dict[str, float],
+                   robust: Merged) -> list[Check]:
+    """The stored numbers of one row against the thesis table (``thesis``: activation -> (clean, robust) %)."""
+    others = [clean[a] - thesis[a][0] for a in thesis if a != activation and a in clean]
+    shift, spread = float(np.mean(others)), float(np.std(others, ddof=1))
+    t_clean, t_robust = thesis[activation]
+    c = clean[activation]
+    r = 100 * float(robust.robust_correct.mean())
+    return [
+        Check("clean accuracy", c, THESIS_CLEAN_N, t_clean + shift,
+              _half_width(c, THESIS_CLEAN_N, t_clean, THESIS_CLEAN_N) + 2 * spread,
+              f"thesis {t_clean:.2f} + JPEG shift {shift:+.2f} from the other rows; two samples' 95% half-width "
+              f"+ 2 x shift spread {spread:.2f}"),
+        Check("robust accuracy", r, robust.n, t_robust,
+              _half_width(r, robust.n, t_robust, THESIS_ROBUST_N) + abs(shift),
+              f"thesis {t_robust:.2f} (n={THESIS_ROBUST_N}); two samples' 95% half-width + |JPEG shift| "
+              f"{abs(shift):.2f}"),
+    ]
+
+
+def thesis_table() -> dict[str, tuple[float, float]]:
+    """The thesis's ResNet20 rows: activation -> (clean %, robust %)."""
+    return {e.activation: (e.thesis_accuracy, e.thesis_robustness) for e in EXPERIMENTS if e.model == "resnet20"}
+
+
+def released_failures(activation: str) -> list[str]:
+    """``against_thesis`` for one stored row, printed; failures as lines."""
+    checks = against_thesis(activation, thesis_table(), stored_clean_accuracy(), stored(activation))
+    print("".join(f"\n{'ok  ' if c.passed else 'FAIL'} {c.line(activation)}" for c in checks))
+    return [c.line(activation) for c in checks if not c.passed]
+
+
+def recompute(activation: str, root: Path = SHARDS_DIR) -> list[str]:
+    """Attack the first RECHECK_IMAGES images of stored shard 0 again (both label modes, a child process with the
+    stored arithmetic); failures as lines, empty when every per-example field is identical."""
+    failures = []
+    reference = {m: load_shard(released_spec(activation, m).shard_path(root, 0)) for m in ("predicted", "true")}
+    header = reference["predicted"]["header"]
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if header["onednn"] else "0"}
+    if header["kaf_kernels"] == "portable":
+        env["KAFROB_NATIVE"] = "0"
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([sys.executable, "-m", "kafrob.cli", "evaluate", "--checkpoint",
+                               f"thesis:resnet20-{activation}", "--labels", "predicted", "true", "--n",
+                               str(RECHECK_IMAGES), "--shard-images", str(RECHECK_IMAGES), "--shards-dir", tmp],
+                              env=env, capture_output=True, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return [f"resnet20-{activation}: re-computing {RECHECK_IMAGES} images failed: {last}"]
+        for mode, stored_shard in reference.items():
+            again = load_shard(released_spec(activation, mode, RECHECK_IMAGES).shard_path(Path(tmp), 0))
+            mine, theirs = agreement_key(again["header"]), agreement_key(stored_shard["header"])
+            mine["spec"] = theirs["spec"] = None
+            if mine != theirs:
+                failures.append(f"resnet20-{activation}: the stored shards were computed with {theirs}, this machine "
+                                f"computes with {mine}: install the locked versions (requirements.lock)")
+                break
+            for field in FIELDS:
+                differ = np.flatnonzero(again[field] != stored_shard[field][:RECHECK_IMAGES])
+                if len(differ):
+                    failures.append(f"resnet20-{activation} {mode} labels: {field} differs from the stored shard on "
+                                    f"images {again['index'][differ].tolist()}: the code changed the computation")
+    return failures
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One row in one label mode, on the images every compared row covers."""
+
+    activation: str
+    label_mode: str
+    n: int
+    clean: np.ndarray  # per-example correctness
+    robust: np.ndarray
+
+    def accuracy(self, metric: str) -> tuple[float, tuple[float, float]]:
+        values = getattr(self, metric)
+        k = int(values.sum())
+        return k / self.n, wilson_interval(k, self.n)
+
+
+def common_rows(merged: dict[tuple[str, str], object]) -> dict[tuple[str, str], RowResult]:
+    """{(activation, label mode): RowResult} restricted to the test images that every entry covers."""
+    shared = set.intersection(*(set(m.arrays["index"].tolist()) for m in merged.values()))
+    if not shared:
+        raise ValueError("the evaluations share no test image")
+    out = {}
+    for key, m in merged.items():
+        keep = np.isin(m.arrays["index"], sorted(shared))
+        order = np.argsort(m.arrays["index"][keep])
+        out[key] = RowResult(key[0], key[1], int(keep.sum()), m.clean_correct[keep][order],
+                             m.robust_correct[keep][order])
+    return out
+
+
+def pairs(rows: dict[tuple[str, str], RowResult], label_mode: str) -> list[tuple[str, str, str]]:
+    """(a, b, why) for every comparison available in ``label_mode``."""
+    have = {a for a, mode in rows if mode == label_mode}
+    out = [(a, b, "base") for a, b in BASE_PAIRS if a in have and b in have]
+    fixed = [f for f in FIXED if f in have]
+    if fixed:
+        best = max(fixed, key=lambda f: rows[(f, label_mode)].robust.mean())
+        out += [(a, best, "best fixed") for a in sorted(have) if a.startswith("kaf")
+                and (a, best, "base") not in out]
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    a: str
+    b: str
+    why: str
+    label_mode: str
+    metric: str
+    result: PairedComparison
+
+
+def compare_all(rows: dict[tuple[str, str], RowResult]) -> list[Comparison]:
+    modes = sorted({mode for _, mode in rows})
+    return [Comparison(a, b, why, mode, metric,
+                       paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
+            for mode in modes for a, b, why in pairs(rows, mode) for metric in ("robust", "clean")]
+

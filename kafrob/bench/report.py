@@ -1,0 +1,185 @@
+"""Tables and figures of the benchmark's numbers: a tier's measurements (deltas against the tier's own
+reference), and the released models' verdict (rows, paired comparisons, readings, figure).
+
+Figures show only panels with data, 95% intervals as error bars, and the reference points overlaid.
+"""
+
+from __future__ import annotations
+
+import io
+
+from kafrob.activations import is_kaf
+from kafrob.bench.cases import BY_ID
+from kafrob.bench.judge import Comparison, RowResult, common_rows, compare_all, thesis_table
+from kafrob.bench.shards import Merged
+from kafrob.bench.store import Measurement, reference, reference_file
+from kafrob.bench.tiers import Reference, Tier
+
+
+def _reference_values(tier: Tier) -> dict[str, tuple[float, float]]:
+    """case -> (clean, robust) % of the tier's reference: the thesis table, or the stored suite reference."""
+    if tier.reference is Reference.THESIS:
+        return {case: (e.thesis_accuracy, e.thesis_robustness) for case, e in BY_ID.items()}
+    if not reference_file(tier).exists():
+        return {}
+    return {case: (r["clean_accuracy"], r["robust_accuracy"]) for case, r in reference(tier)["results"].items()}
+
+
+def results_table(measurements: list[Measurement], tier: Tier, fmt: str = "github", deltas: bool = True) -> str:
+    """One row per case with 95% intervals; with ``deltas``, the tier's reference and the differences from it."""
+    from tabulate import tabulate
+
+    ref = _reference_values(tier) if deltas else {}
+    name = tier.reference.value
+    rows = []
+    for m in measurements:
+        e = BY_ID[m.case]
+        row = [e.model, e.activation, f"{m.clean_accuracy:.2f} [{m.clean_interval[0]:.1f}, {m.clean_interval[1]:.1f}]",
+               f"{m.robust_accuracy:.2f} [{m.robust_interval[0]:.1f}, {m.robust_interval[1]:.1f}]", m.n_robust]
+        if m.case in ref:
+            acc, rob = ref[m.case]
+            row += [f"{acc:.2f}", f"{rob:.2f}", f"{m.clean_accuracy - acc:+.2f}", f"{m.robust_accuracy - rob:+.2f}"]
+        elif ref:
+            row += ["-"] * 4
+        rows.append(row)
+    headers = ["model", "activation", "clean % [95% CI]", "PGD % [95% CI]", "n PGD"]
+    if ref:
+        headers += [f"{name} clean %", f"{name} PGD %", "delta clean", "delta PGD"]
+    return tabulate(rows, headers=headers, tablefmt=fmt)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _error(value: float, interval: tuple[float, float]) -> list[list[float]]:
+    """Error-bar lengths below and above (never negative: an interval's bound can round past its point)."""
+    return [[max(value - interval[0], 0.0)], [max(interval[1] - value, 0.0)]]
+
+
+def scatter_png(measurements: list[Measurement], tier: Tier, title: str, reference_points: bool = True) -> bytes:
+    """Clean vs PGD accuracy per case with 95% intervals, one panel per model that has data, and (with
+    ``reference_points``) the tier's reference points (x) joined to the measurements."""
+    plt = _pyplot()
+    models = list(dict.fromkeys(BY_ID[m.case].model for m in measurements))
+    ref = _reference_values(tier) if reference_points else {}
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for m in (m for m in measurements if BY_ID[m.case].model == model):
+            e = BY_ID[m.case]
+            color = "tab:red" if is_kaf(e.activation) else "tab:blue"
+            ax.errorbar(m.clean_accuracy, m.robust_accuracy, xerr=_error(m.clean_accuracy, m.clean_interval),
+                        yerr=_error(m.robust_accuracy, m.robust_interval), fmt="*" if is_kaf(e.activation) else "o", color=color, capsize=2, markersize=7)
+            ax.annotate(e.activation, (m.clean_accuracy, m.robust_accuracy), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+            if m.case in ref:
+                acc, rob = ref[m.case]
+                ax.plot([m.clean_accuracy, acc], [m.robust_accuracy, rob], color="grey", linewidth=0.5)
+                ax.scatter(acc, rob, marker="x", color="black", s=25)
+        ax.set_title(f"{model}: o fixed, * KAF (95% CI)" + (f"; x {tier.reference.value}" if ref else ""))
+        ax.set_xlabel("clean accuracy %")
+        ax.set_ylabel("PGD accuracy %")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def comparison_table(comparisons: list[Comparison]) -> str:
+    lines = ["| A vs B | why | labels | metric | A - B (points) [95% CI] | only A / only B | McNemar p |",
+             "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        r = c.result
+        lines.append(f"| {c.a} vs {c.b} | {c.why} | {c.label_mode} | {c.metric} | {100 * r.difference:+.2f} "
+                     f"[{100 * r.interval[0]:+.2f}, {100 * r.interval[1]:+.2f}] | {r.only_a} / {r.only_b} | "
+                     f"{r.mcnemar_p:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+def reading(c: Comparison) -> str:
+    """What one comparison supports at this n: a difference, its absence within a bound, or nothing."""
+    lo, hi = (100 * v for v in c.result.interval)
+    if lo > 0:
+        return f"{c.a} beats {c.b} ({c.metric}, {c.label_mode} labels) by {lo:.1f} to {hi:.1f} points"
+    if hi < 0:
+        return f"{c.a} is worse than {c.b} ({c.metric}, {c.label_mode} labels) by {-hi:.1f} to {-lo:.1f} points"
+    return (f"{c.a} vs {c.b} ({c.metric}, {c.label_mode} labels): undecided at n={c.result.n}, "
+            f"the difference lies in [{lo:+.1f}, {hi:+.1f}] points")
+
+
+def rows_table(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]]) -> str:
+    """Per row: clean and robust accuracy per label mode with Wilson 95% intervals, and the thesis's numbers."""
+    modes = sorted({mode for _, mode in rows})
+    head = ("| activation | n | clean % [95% CI] | thesis acc % | "
+            + " | ".join(f"PGD {m} labels % [95% CI]" for m in modes) + " | thesis rob % (predicted labels) |\n"
+            + "|---|---|---|---|" + "---|" * len(modes) + "---|\n")
+    body = ""
+    for act in dict.fromkeys(a for a, _ in rows):
+        first = rows[(act, modes[0])]
+        clean, (lo, hi) = first.accuracy("clean")
+        cells = []
+        for m in modes:
+            if (act, m) in rows:
+                r, (rlo, rhi) = rows[(act, m)].accuracy("robust")
+                cells.append(f"{100 * r:.2f} [{100 * rlo:.1f}, {100 * rhi:.1f}]")
+            else:
+                cells.append("-")
+        acc, rob = thesis.get(act, (float("nan"), float("nan")))
+        body += (f"| {act} | {first.n} | {100 * clean:.2f} [{100 * lo:.1f}, {100 * hi:.1f}] | {acc:.2f} | "
+                 + " | ".join(cells) + f" | {rob:.2f} |\n")
+    return head + body
+
+
+def verdict_png(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]], attack: str) -> bytes:
+    """Robust accuracy per row with 95% intervals, one marker per label mode, the thesis's points overlaid."""
+    plt = _pyplot()
+    acts = list(dict.fromkeys(a for a, _ in rows))
+    modes = sorted({mode for _, mode in rows})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for j, mode in enumerate(modes):
+        xs, ys, err = [], [], [[], []]
+        for i, act in enumerate(acts):
+            if (act, mode) in rows:
+                r, (lo, hi) = rows[(act, mode)].accuracy("robust")
+                xs.append(i + (j - (len(modes) - 1) / 2) * 0.2)
+                ys.append(100 * r)
+                err[0].append(100 * (r - lo))
+                err[1].append(100 * (hi - r))
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=f"kafrob, {attack}, {mode} labels")
+    tx = [i for i, a in enumerate(acts) if a in thesis]
+    ax.scatter(tx, [thesis[acts[i]][1] for i in tx], marker="x", color="black", label="thesis (predicted labels)")
+    ax.set_xticks(range(len(acts)), acts, rotation=30)
+    ax.set_ylabel("robust accuracy % (95% CI)")
+    n = next(iter(rows.values())).n
+    ax.set_title(f"Released thesis ResNet20 models, n = {n} common test images")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tuple[str, bytes]:
+    """The released models' verdict from merged shards ({(activation, label mode): Merged}): markdown and figure."""
+    from kafrob.arithmetic import label
+
+    rows = common_rows(merged)
+    thesis = thesis_table()
+    comparisons = compare_all(rows)
+    header = next(iter(merged.values())).header
+    md = (f"# Released thesis ResNet20 models: {attack}\n\n"
+          f"{next(iter(rows.values())).n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
+          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{rows_table(rows, thesis)}\n"
+          f"## Paired comparisons\n\n{comparison_table(comparisons)}\n## Readings\n\n"
+          + "".join(f"* {reading(c)}\n" for c in comparisons if c.metric == "robust"))
+    return md, verdict_png(rows, thesis, attack)

@@ -1,0 +1,171 @@
+"""Running the benchmark: obtain a case's model (train, reuse, or load the released one) and evaluate it, whole
+(``run_case``) or in resumable per-example shards (``run_shard``, ``run_shards``); ``benchmark`` runs a case at a
+tier, stores its Measurement and judges it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kafrob import atomic
+from kafrob.arithmetic import kaf_kernels
+from kafrob.bench.cases import Experiment
+from kafrob.bench.shards import (
+    FIELDS,
+    SHARD_IMAGES,
+    ShardError,
+    ShardSpec,
+    agreement_key,
+    evaluation_order,
+    load_shard,
+    released_measurement,
+    save_shard,
+    sibling,
+)
+from kafrob.bench.store import Measurement, code_version, environment, runs_dir, save_measurement
+from kafrob.bench.tiers import Source, Tier
+from kafrob.data import Cifar10, to_float
+from kafrob.evaluate import evaluate, our_pgd
+from kafrob.pgd import pgd_restarts, predict
+from kafrob.train import build_for, train
+
+
+def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
+                 strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, list[dict]]:
+    """Train (or reuse the cached training of the same config and code), or load the released thesis model.
+
+    Returns the model and its training history (per-epoch records; empty for released models).
+    """
+    if tier.source is Source.THESIS_CHECKPOINT:
+        if e.model != "resnet20":
+            raise ValueError(f"the thesis released ResNet20 checkpoints only, not {e.id}")
+        from kafrob.checkpoints import load_thesis_model
+
+        return load_thesis_model(e.activation), []
+    config = tier.train_config(e, seed)
+    kernels = f"-{kaf_kernels()}" if e.activation.startswith("kaf") else ""
+    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}-{code_version()}{kernels}"
+    weights = run_dir / "final.weights.h5"
+    if weights.exists():
+        model = build_for(config, "float32")
+        model.load_weights(weights)
+        return model, json.loads((run_dir / "history.json").read_text())["history"]
+    result = train(config, data, run_dir, resume=(run_dir / "checkpoint.npz").exists(), progress=progress,
+                   strategy=strategy)
+    atomic.save_with(weights, result.model.save_weights)
+    return result.model, result.history
+
+
+def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
+             strategy: tf.distribute.Strategy | None = None) -> Measurement:
+    """Obtain the model (``strategy``: data-parallel training), evaluate it, save per-example results."""
+    start = time.time()
+    model, history = obtain_model(e, tier, data, seed=seed, progress=progress, strategy=strategy)
+    clean_n = tier.clean_images if tier.clean_images is not None else len(data.y_test)  # None: all of them
+    result = evaluate(model, data, n=tier.test_images, clean_n=clean_n, attack=tier.attack, seed=seed,
+                      run_attack=lambda *a: our_pgd(*a, jit_compile=tier.attack_xla), progress=progress)
+    result.save(runs_dir() / "results" / tier.name / e.id)
+    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
+    return Measurement(e.id, tier.name, 100 * result.clean_accuracy, 100 * result.robust_accuracy,
+                       pct(result.clean_interval), pct(result.robust_interval), len(result.clean_indices),
+                       result.n, time.time() - start, history[-1]["loss"] if history else None)
+
+
+def benchmark(e: Experiment, tier: Tier, data: Cifar10 | None, *, seed: int = 0, progress: bool = True,
+              strategy: tf.distribute.Strategy | None = None) -> tuple[Measurement, list[str]]:
+    """Run one case at one tier, store its Measurement (runs/measurements) and judge it: (measurement, failures).
+
+    Released checkpoints are not re-evaluated: their stored evaluation is re-computed on a few images and judged.
+    """
+    from kafrob.bench import judge
+
+    if tier.source is Source.THESIS_CHECKPOINT:
+        m = released_measurement(e.activation)
+        failures = judge.recompute(e.activation) + judge.released_failures(e.activation)
+    else:
+        m = run_case(e, tier, data, seed=seed, progress=progress, strategy=strategy)
+        failures = judge.compare(m, e, tier)
+    save_measurement(m)
+    return m, failures
+
+
+def _header(spec: ShardSpec, shard: int, seconds: float) -> dict:
+    return {"spec": spec.to_dict(), "shard": shard, "seconds": seconds, "code_version": code_version(),
+            **environment()}
+
+
+def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHARD_IMAGES,
+              reuse: dict | None = None) -> dict:
+    """Per-example results of one shard (arrays of FIELDS) and its header.
+
+    ``reuse``: the same shard in the other label mode (``sibling``). Where both modes attack the same label
+    (the clean prediction is right) the attack is the same computation (random starts are per image:
+    ``kafrob.pgd.random_starts``), so those images take its results and only the others are attacked.
+    """
+    start = time.time()
+    order = evaluation_order(data.y_test, spec.seed)
+    index = order[shard * spec.shard_images:(shard + 1) * spec.shard_images]
+    if len(index) < spec.shard_images:
+        raise ShardError(f"shard {shard} lies beyond the {len(order)} test images")
+    x_all = to_float(data.x_test[index]).numpy()
+    clean = np.concatenate([predict(model, x_all[b:b + batch_size]).numpy() for b in range(0, len(index), batch_size)])
+    attacked = clean if spec.attack.label_mode == "predicted" else data.y_test[index].astype(np.int32)
+    first = np.full(len(index), -1, np.int32)
+    adv_pred = attacked.copy()
+    todo = np.arange(len(index))
+    if reuse is not None:
+        if not np.array_equal(reuse["index"], index) or not np.array_equal(reuse["clean_pred"], clean):
+            raise ShardError(f"shard {shard}: the other label mode's file has other images or clean predictions; "
+                             "recompute it")
+        same = reuse["attack_label"] == attacked
+        first[same], adv_pred[same] = reuse["first_restart"][same], reuse["adv_pred"][same]
+        todo = np.flatnonzero(~same)
+    for b in range(0, len(todo), batch_size):
+        part = todo[b:b + batch_size]
+        x_adv, first[part] = pgd_restarts(model, x_all[part], attacked[part], spec.attack, seed=spec.seed,
+                                          ids=index[part])
+        adv_pred[part] = predict(model, x_adv).numpy()
+    arrays = dict(zip(FIELDS, (index, data.y_test[index], clean, attacked, first, adv_pred), strict=True))
+    header = _header(spec, shard, time.time() - start)
+    header["reused"] = int(len(index) - len(todo))  # images whose results came from the other label mode
+    return {**{f: np.asarray(v).astype(np.int32) for f, v in arrays.items()}, "header": header}
+
+
+def _arithmetic_differs(header: dict) -> bool:
+    here = agreement_key({**environment(), "spec": None})
+    there = agreement_key({**header, "spec": None})
+    return here != there
+
+
+def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
+        load_data: Callable[[], object], progress: Callable[[str], None] = print,
+        recompute: bool = False) -> list[Path]:
+    """Run every (spec, shard) of ``plan`` that has no file yet (all of them with ``recompute``), in order; data
+    and models are loaded only if something is left to do. Progress covers the whole plan. Returns the files."""
+    plan = list(plan)
+    todo = [(spec, shard) for spec, shard in plan if recompute or not spec.shard_path(root, shard).exists()]
+    images = sum(spec.shard_images for spec, _ in todo)
+    progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
+    data = load_data() if todo else None
+    started, done_images = time.time(), 0
+    for i, (spec, shard) in enumerate(todo, 1):
+        other = sibling(spec).shard_path(root, shard)
+        reuse = load_shard(other) if other.exists() else None
+        if reuse is not None and _arithmetic_differs(reuse["header"]):
+            reuse = None
+        result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)
+        save_shard(spec.shard_path(root, shard), result)
+        done_images += spec.shard_images
+        robust = float(np.mean(result["adv_pred"] == result["label"]))
+        eta = (time.time() - started) / i * (len(todo) - i)
+        progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} done "
+                 f"(robust {100 * robust:.1f}%, {result['header']['seconds']:.0f} s); {done_images} images this "
+                 f"run, ETA {eta / 60:.0f} min")
+    return [spec.shard_path(root, shard) for spec, shard in plan]
+

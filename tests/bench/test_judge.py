@@ -1,0 +1,87 @@
+"""The benchmark's judgement: a case against its tier's reference; the released models against the thesis."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from kafrob.bench import judge, shards, store
+from kafrob.bench.cases import BY_ID
+from kafrob.bench.tiers import get_tier
+
+
+def _measurement(case="resnet20-kaf", tier="full", clean=77.0, robust=50.0, loss=None, n=200):
+    half = 3.5
+    return store.Measurement(case, tier, clean, robust, (clean - 0.8, clean + 0.8), (robust - half, robust + half),
+                             10000, n, 1.0, loss)
+
+
+def test_thesis_reference_allows_tolerance_plus_half_width():
+    e, tier = BY_ID["resnet20-kaf"], get_tier("full")  # +-3 points + the half-width (0.8 clean, 3.5 robust)
+    assert judge.compare(_measurement(clean=e.thesis_accuracy - 3.5, robust=e.thesis_robustness + 6.4), e, tier) == []
+    (failure,) = judge.compare(_measurement(clean=e.thesis_accuracy - 4.0, robust=e.thesis_robustness), e, tier)
+    assert "clean_accuracy: measured 74.08%" in failure and "expected 78.08%" in failure
+    assert "delta -4.00" in failure and "allowed +-3.80" in failure and "95% CI" in failure
+
+
+def test_suite_reference_pins_the_training_loss(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
+    e, tier = BY_ID["vgg-kaf"], get_tier("smoke")
+    with pytest.raises(FileNotFoundError, match="nox -s regenerate -- --tier smoke"):
+        judge.expected_values(e, tier)
+    row = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119, n=100).to_dict()
+    (tmp_path / "smoke.json").write_text(json.dumps({"results": {"vgg-kaf": row}}))
+    same = _measurement("vgg-kaf", "smoke", clean=11.0, robust=9.0, loss=2.3119 + 0.01, n=100)
+    assert judge.compare(same, e, tier) == []
+    drifted = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119 + 0.05, n=100)
+    (failure,) = judge.compare(drifted, e, tier)
+    assert "train_loss" in failure and "trajectory changed" in failure and "KAF kernels" not in failure
+    # References measured with the other KAF kernels: the failure says so.
+    (tmp_path / "smoke.json").write_text(json.dumps({"environment": {"kaf_kernels": "compiled"},
+                                                     "results": {"vgg-kaf": row}}))
+    monkeypatch.setattr(judge, "kaf_kernels", lambda: "portable")
+    (failure,) = judge.compare(drifted, e, tier)
+    assert "measured with the compiled KAF kernels, this run used the portable ones" in failure
+    with pytest.raises(KeyError, match="no row vgg-relu"):
+        judge.expected_values(BY_ID["vgg-relu"], tier)
+
+THESIS = {"relu": (77.52, 50.17), "elu": (75.42, 51.69), "swish": (78.68, 53.88)}
+
+
+def _merged(robust_correct: int, n: int) -> shards.Merged:
+    label = np.zeros(n, np.int32)
+    adv = np.where(np.arange(n) < robust_correct, 0, 1).astype(np.int32)
+    arrays = {"index": np.arange(n), "label": label, "clean_pred": label, "attack_label": label,
+              "first_restart": np.where(adv == 0, -1, 0), "adv_pred": adv}
+    return shards.Merged({}, (0,), {"seconds": 1.0}, arrays)
+
+
+def test_against_thesis_uses_the_other_rows_shift_and_both_samples():
+    clean = {"relu": 76.40, "elu": 74.42, "swish": 77.48}  # JPEG shifts -1.12, -1.00, -1.20
+    checks = {c.metric: c for c in judge.against_thesis("relu", THESIS, clean, _merged(960, 2000))}
+    c = checks["clean accuracy"]
+    assert c.expected == pytest.approx(77.52 - 1.10) and c.passed  # the mean shift of elu and swish only
+    r = checks["robust accuracy"]
+    half = 100 * 1.96 * np.sqrt(0.48 * 0.52 / 2000 + 0.5017 * 0.4983 / 2000)
+    assert r.measured == 48.0 and r.n == 2000 and r.allowed == pytest.approx(half + 1.10, abs=0.01) and r.passed
+    far = {c.metric: c for c in judge.against_thesis("relu", THESIS, {**clean, "relu": 74.0}, _merged(800, 2000))}
+    assert not far["clean accuracy"].passed and not far["robust accuracy"].passed
+    assert "allowed" in far["robust accuracy"].line("relu")
+
+
+@pytest.mark.slow
+def test_recompute_reproduces_the_stored_shard_and_catches_a_change(shared_checkpoints, cifar, tmp_path):
+    """The first images of the stored ReLU shard are computed again identically; an altered stored result is caught."""
+    for mode in ("predicted", "true"):
+        source = shards.released_spec("relu", mode).directory(shards.SHARDS_DIR)
+        shutil.copytree(source, shards.released_spec("relu", mode).directory(tmp_path))
+    assert judge.recompute("relu", tmp_path) == []
+    path = shards.released_spec("relu", "predicted").shard_path(tmp_path, 0)
+    altered = shards.load_shard(path)
+    altered["adv_pred"][3] = (altered["adv_pred"][3] + 1) % 10
+    shards.save_shard(path, altered)
+    failures = judge.recompute("relu", tmp_path)
+    assert len(failures) == 1 and "adv_pred differs" in failures[0] and str(altered["index"][3]) in failures[0]

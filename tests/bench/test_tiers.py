@@ -1,0 +1,36 @@
+"""The tiers: which cases each runs, and the training configuration each gives a case."""
+
+from __future__ import annotations
+
+import pytest
+
+from kafrob.bench.cases import BY_ID, EXPERIMENTS
+from kafrob.bench.tiers import TIERS, Reference, Source, get_tier
+
+
+def test_smoke_tier_overrides_lr_bounds_only():
+    smoke, full = get_tier("smoke"), get_tier("full")
+    e = BY_ID["vgg-kaf_free"]
+    assert (smoke.train_config(e).min_lr, smoke.train_config(e).max_lr) == smoke.lr_bounds
+    cfg = full.train_config(e)
+    assert (cfg.min_lr, cfg.max_lr, cfg.epochs, cfg.batch_size) == (e.min_lr, e.max_lr, 60, 128)
+    assert full.train_config(BY_ID["resnet20-kaf"]).decay_epochs == 20
+
+
+def test_each_tier_runs_its_cases_from_one_rule():
+    assert get_tier("smoke").cases() == get_tier("full").cases() == EXPERIMENTS
+    released = get_tier("checkpoints").cases()
+    assert len(released) == 8 and {e.model for e in released} == {"resnet20"}
+    assert get_tier("smoke", "thesis-checkpoint").cases() == released
+    assert {t.source for t in TIERS.values()} == set(Source) and {t.reference for t in TIERS.values()} == set(Reference)
+    with pytest.raises(ValueError, match="unknown tier 'huge'; known: smoke, full, checkpoints"):
+        get_tier("huge")
+    with pytest.raises(ValueError, match="'disk' is not a valid Source"):
+        get_tier("smoke", "disk")
+
+
+def test_smoke_and_full_differ_in_explicit_fields_only():
+    e = BY_ID["resnet20-kaf"]
+    smoke, full = get_tier("smoke").train_config(e), get_tier("full").train_config(e)
+    assert (smoke.decay_epochs, smoke.monitor_images, smoke.jit_compile) == (0, 0, False)
+    assert (full.decay_epochs, full.monitor_images, full.jit_compile) == (20, 256, True)
