@@ -63,11 +63,6 @@ def our_pgd(model, x, y, config: PGDConfig, seed: int, jit_compile: bool | None 
     return pgd_attack(model, x, y, config, seed=seed, jit_compile=jit_compile)[0]
 
 
-def our_pgd_eager_graph(model, x, y, config: PGDConfig, seed: int) -> np.ndarray:
-    """Our PGD without XLA on any device: quick to build (small runs of KAF models)."""
-    return our_pgd(model, x, y, config, seed, jit_compile=False)
-
-
 def evaluate(model: keras.Model, data: Cifar10, *, n: int | None = None, attack: PGDConfig = PGDConfig(),
              batch_size: int = 256, seed: int = 0, backend: str = "kafrob", run_attack: Attack = our_pgd,
              clean_n: int | None = None, progress: bool = True) -> EvalResult:

@@ -82,9 +82,10 @@ def scatter_png(measurements: list[Measurement], tier: Tier, title: str, referen
     for ax, model in zip(axes[0], models, strict=True):
         for m in (m for m in measurements if BY_ID[m.case].model == model):
             e = BY_ID[m.case]
-            color = "tab:red" if is_kaf(e.activation) else "tab:blue"
+            kaf = is_kaf(e.activation)
             ax.errorbar(m.clean_accuracy, m.robust_accuracy, xerr=_error(m.clean_accuracy, m.clean_interval),
-                        yerr=_error(m.robust_accuracy, m.robust_interval), fmt="*" if is_kaf(e.activation) else "o", color=color, capsize=2, markersize=7)
+                        yerr=_error(m.robust_accuracy, m.robust_interval), fmt="*" if kaf else "o",
+                        color="tab:red" if kaf else "tab:blue", capsize=2, markersize=7)
             ax.annotate(e.activation, (m.clean_accuracy, m.robust_accuracy), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
             if m.case in ref:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -69,7 +70,7 @@ def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progres
     model, history = obtain_model(e, tier, data, seed=seed, progress=progress, strategy=strategy)
     clean_n = tier.clean_images if tier.clean_images is not None else len(data.y_test)  # None: all of them
     result = evaluate(model, data, n=tier.test_images, clean_n=clean_n, attack=tier.attack, seed=seed,
-                      run_attack=lambda *a: our_pgd(*a, jit_compile=tier.attack_xla), progress=progress)
+                      run_attack=partial(our_pgd, jit_compile=tier.attack_xla), progress=progress)
     result.save(runs_dir() / "results" / tier.name / e.id)
     pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
     return Measurement(e.id, tier.name, 100 * result.clean_accuracy, 100 * result.robust_accuracy,
