@@ -83,8 +83,8 @@ class TrainResult:
     stopped_early: bool
 
 
-def _check_precision(precision: str) -> None:
-    if precision == "mixed_float16" and not tf.config.list_physical_devices("GPU"):
+def _check_precision(precision: str, dry_run: bool = False) -> None:
+    if precision == "mixed_float16" and not dry_run and not tf.config.list_physical_devices("GPU"):
         raise ValueError("precision='mixed_float16' needs a GPU (none is visible); use precision='float32'")
 
 
@@ -137,7 +137,7 @@ def _monitor_batch(data: Cifar10, train_idx: np.ndarray, n: int) -> tuple[np.nda
 
 def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bool = False,
           progress: bool = True, on_step: Callable[[int, int], None] | None = None,
-          strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+          strategy: tf.distribute.Strategy | None = None, max_steps: int | None = None) -> TrainResult:
     """Train ``config`` in ``run_dir``; with ``resume=True`` continue after the last finished epoch.
 
     A checkpoint is written atomically after every epoch, so a killed run loses at most one epoch.
@@ -145,8 +145,10 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
     ``strategy`` (e.g. ``tf.distribute.MirroredStrategy()``) trains data-parallel: each global batch
     of ``batch_size`` is split across the replicas. It is not part of the config's digest, but the
     weights differ slightly from a single-device run (per-replica random starts and BatchNorm statistics).
+    ``max_steps``: a dry run that stops after that many steps in all and changes nothing else (the schedule
+    stays the config's); it may run mixed precision on a CPU (emulated float16), to prove the GPU code path.
     """
-    _check_precision(config.precision)
+    _check_precision(config.precision, dry_run=max_steps is not None)
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
     if ckpt.exists() and not resume:
@@ -205,6 +207,9 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
             bar.update(step + 1, [("loss", np.mean(losses)), ("acc", np.mean(accs)), ("lr", lr)])
             if on_step is not None:
                 on_step(epoch, step)
+            if max_steps is not None and global_step + 1 >= max_steps:
+                meta["stopped_early"] = True  # the dry run ends with this epoch
+                break
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
                   "lr": float(optimizer.learning_rate), "seconds": time.time() - start}
         if config.monitor_images:

@@ -31,18 +31,23 @@ def results_table(measurements: list[Measurement], tier: Tier, fmt: str = "githu
 
     ref = _reference_values(tier) if deltas else {}
     name = tier.reference.value
+    true_labels = any(m.robust_accuracy_true is not None for m in measurements)
     rows = []
     for m in measurements:
         e = BY_ID[m.case]
         row = [e.model, e.activation, f"{m.clean_accuracy:.2f} [{m.clean_interval[0]:.1f}, {m.clean_interval[1]:.1f}]",
                f"{m.robust_accuracy:.2f} [{m.robust_interval[0]:.1f}, {m.robust_interval[1]:.1f}]", m.n_robust]
+        if true_labels:
+            row.insert(4, "-" if m.robust_accuracy_true is None else f"{m.robust_accuracy_true:.2f}")
         if m.case in ref:
             acc, rob = ref[m.case]
             row += [f"{acc:.2f}", f"{rob:.2f}", f"{m.clean_accuracy - acc:+.2f}", f"{m.robust_accuracy - rob:+.2f}"]
         elif ref:
             row += ["-"] * 4
         rows.append(row)
-    headers = ["model", "activation", "clean % [95% CI]", "PGD % [95% CI]", "n PGD"]
+    headers = ["model", "activation", "clean % [95% CI]", f"PGD {tier.attack.label_mode} labels % [95% CI]", "n PGD"]
+    if true_labels:
+        headers.insert(4, "PGD true labels %")
     if ref:
         headers += [f"{name} clean %", f"{name} PGD %", "delta clean", "delta PGD"]
     return tabulate(rows, headers=headers, tablefmt=fmt)

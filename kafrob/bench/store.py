@@ -71,6 +71,8 @@ class Measurement:
     n_robust: int
     seconds: float
     train_loss: float | None = None  # last epoch's mean training loss; None for released checkpoints
+    robust_accuracy_true: float | None = None  # the same attack on the true labels, where the compared one
+    # attacked the predicted labels (the thesis's protocol)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__, clean_interval=list(self.clean_interval), robust_interval=list(self.robust_interval))
