@@ -29,13 +29,17 @@ def _train_config(args):
                        fbf=FBFConfig(clip_start=args.clip_start, adversarial=not args.clean))
 
 
+def _thesis_activation(spec: str) -> str | None:
+    """``relu`` for ``thesis:resnet20-relu``; None for a model file."""
+    return spec.split(":", 1)[1].removeprefix("resnet20-") if spec.startswith("thesis:") else None
+
+
 def _model_spec(text: str) -> str:
     """A thesis:resnet20-<activation> name (checked against the registry) or a .keras file."""
     from kafrob.checkpoints import THESIS_CHECKPOINTS
 
     if text.startswith("thesis:"):
-        name = text.split(":", 1)[1].removeprefix("resnet20-")
-        if name not in THESIS_CHECKPOINTS:
+        if _thesis_activation(text) not in THESIS_CHECKPOINTS:
             known = ", ".join(f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS)
             raise argparse.ArgumentTypeError(f"unknown thesis checkpoint {text!r}; known: {known}")
     elif not text.endswith(".keras"):
@@ -95,8 +99,7 @@ def _load_model(spec: str):
     if spec.startswith("thesis:"):
         from kafrob.checkpoints import load_thesis_model
 
-        name = spec.split(":", 1)[1].removeprefix("resnet20-")
-        return load_thesis_model(name)
+        return load_thesis_model(_thesis_activation(spec))
     import keras
 
     import kafrob.kaf  # noqa: F401  (registers the KAF layer)
@@ -173,7 +176,7 @@ def cmd_verdict(args) -> int:
     merged = {}
     for spec in _specs(args):
         try:
-            merged[(spec.model.removeprefix("thesis:resnet20-"), spec.attack.label_mode)] = merge(
+            merged[(_thesis_activation(spec.model), spec.attack.label_mode)] = merge(
                 spec, Path(args.shards_dir))
         except ShardError as exc:
             print(f"left out: {exc}", file=sys.stderr)

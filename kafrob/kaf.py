@@ -29,6 +29,7 @@ and outputs keep the layer's compute dtype.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import keras
@@ -96,17 +97,13 @@ def _thesis_formula(x16: tf.Tensor, coeffs16: tf.Tensor, points16: tf.Tensor, ga
     return tf.reduce_sum(coeffs16 * tf.exp(-gamma16 * tf.square(x16[..., None] - points16)), -1)
 
 
-_EXP_TABLE: list[np.ndarray] = []
-
-
+@functools.cache
 def thesis_exp_table() -> np.ndarray:
     """TensorFlow's float16 exp of every float16 value (by bit pattern), as float32: the compiled thesis KAF reads
-    its exponentials here, so they are TensorFlow's own."""
-    if not _EXP_TABLE:
-        every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
-        with tf.device("/CPU:0"), tf.init_scope():
-            _EXP_TABLE.append(tf.exp(tf.constant(every)).numpy().astype(np.float32))
-    return _EXP_TABLE[0]
+    its exponentials here, so they are TensorFlow's own (computed eagerly once, also when first asked in a trace)."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    with tf.device("/CPU:0"), tf.init_scope():
+        return tf.exp(tf.constant(every)).numpy().astype(np.float32)
 
 
 def _native_thesis(ops, x16, coeffs16, points16, gamma16) -> tf.Tensor:
