@@ -40,8 +40,10 @@ def pytest_report_header(config):
     else:
         precision = "mixed_float16 training" if env["device"] != "CPU" and tier.name == "full" else "float32"
     data = os.environ.get(ENV_VAR) or "Keras cache / download"
-    return [f"kafrob tier: {tier.name} (source: {tier.source}, reference: {tier.reference}, "
-            f"tolerance: {tier.tolerance} points)",
+    tolerance = ("the two samples' 95% half-width + the JPEG shift" if tier.source is Source.THESIS_CHECKPOINT
+                 else f"{tier.tolerance} points + the 95% half-width" if tier.reference == "thesis"
+                 else "from the measured spread")
+    return [f"kafrob tier: {tier.name} (source: {tier.source}, reference: {tier.reference}, tolerance: {tolerance})",
             f"kafrob device: {env['device']}, precision: {precision}, data: {data}",
             f"kafrob arithmetic: {arithmetic.label(env)}; CPU {env['cpu']}; TF {env['tensorflow']}, "
             f"lock {env['lock']}"]

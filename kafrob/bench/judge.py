@@ -53,7 +53,7 @@ METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_ro
 # Suite references also pin the last epoch's mean FBF training loss: at the smoke budget several models
 # are still near chance accuracy, where a broken KAF gradient or data pipeline would not move the
 # accuracies, but it moves the loss trajectory. CPU runs are seeded, so the loss repeats to ~1e-6 on
-# one machine; other arithmetic moves it by the spread measured in <tier>_spread.json (kafrob.spread),
+# one machine; other arithmetic moves it by the spread measured in <tier>_spread.json (kafrob.bench.spread),
 # which sets the tolerances where it exists. LOSS_TOLERANCE serves a suite reference without one.
 LOSS_TOLERANCE = 0.02
 

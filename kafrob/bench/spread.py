@@ -4,7 +4,7 @@ A smoke case is a seeded 16-step training run judged on 100 test images, so othe
 CPU's oneDNN kernels, oneDNN off, the portable KAF kernels) moves its numbers: near chance accuracy one
 image is one point, and ridge-initialised KAFs amplify rounding. ``nox -s spread`` re-runs the tier under
 each arithmetic path (seed 0, as the references) and under other seeds, each into
-``runs/spread/seed<S>-onednn<0|1>-<compiled|portable>``; ``python -m kafrob.spread`` then writes
+``runs/spread/seed<S>-onednn<0|1>-<compiled|portable>``; ``python -m kafrob.bench.spread`` then writes
 ``reference_results/smoke_spread.{json,md}``. Each metric's tolerance is the largest deviation from the
 reference over the seed-0 runs (every arithmetic measured) times MARGIN, for CPUs not measured. Other
 seeds are shown, not used: the references are seeded, and a seed moves the numbers far more than
