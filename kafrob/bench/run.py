@@ -193,6 +193,10 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
     data = load_data() if todo else None
     started, done_images = time.time(), 0
     for i, (spec, shard) in enumerate(todo, 1):
+        if not recompute and spec.shard_path(root, shard).exists():  # another process finished it meanwhile
+            progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} "
+                     f"finished by another process")
+            continue
         other = sibling(spec).shard_path(root, shard)
         reuse = load_shard(other) if other.exists() else None
         if reuse is not None and _arithmetic_differs(reuse["header"]):

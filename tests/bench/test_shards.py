@@ -151,3 +151,19 @@ def test_the_other_label_mode_reuses_identical_attacks():
         np.testing.assert_array_equal(reused[field], alone[field])
     with pytest.raises(shards.ShardError, match="other images"):
         bench_run.run_shard(model, data, spec, 0, reuse={**predicted, "index": predicted["index"][::-1]})
+
+
+def test_a_shard_finished_by_another_process_meanwhile_is_not_recomputed(tmp_path):
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    spec = shards.ShardSpec("tiny", PGDConfig(iterations=1, restarts=1), shard_images=10)
+    data, lines, loads = _data(), [], []
+    elsewhere = bench_run.run_shard(model, data, spec, 1)
+
+    def load_model(_):  # while this process works on shard 0, another one saves shard 1
+        loads.append(1)
+        shards.save_shard(spec.shard_path(tmp_path, 1), elsewhere)
+        return model
+
+    bench_run.run_shards([(spec, 0), (spec, 1)], tmp_path, load_model=load_model, load_data=lambda: data,
+                         progress=lines.append)
+    assert len(loads) == 1 and "shard 1 finished by another process" in lines[-1]
