@@ -175,15 +175,9 @@ def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHA
     return {**{f: np.asarray(v).astype(np.int32) for f, v in arrays.items()}, "header": header}
 
 
-def _arithmetic_differs(header: dict) -> bool:
-    here = agreement_key({**environment(), "spec": None})
-    there = agreement_key({**header, "spec": None})
-    return here != there
-
-
 def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
-        load_data: Callable[[], object], progress: Callable[[str], None] = print,
-        recompute: bool = False) -> list[Path]:
+               load_data: Callable[[], object], progress: Callable[[str], None] = print,
+               recompute: bool = False) -> list[Path]:
     """Run every (spec, shard) of ``plan`` that has no file yet (all of them with ``recompute``), in order; data
     and models are loaded only if something is left to do. Progress covers the whole plan. Returns the files."""
     plan = list(plan)
@@ -192,6 +186,7 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
     progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
     data = load_data() if todo else None
     started, done_images = time.time(), 0
+    here = agreement_key({**environment(), "spec": None})  # this process's arithmetic, for reusing a sibling
     for i, (spec, shard) in enumerate(todo, 1):
         if not recompute and spec.shard_path(root, shard).exists():  # another process finished it meanwhile
             progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} "
@@ -199,7 +194,7 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
             continue
         other = sibling(spec).shard_path(root, shard)
         reuse = load_shard(other) if other.exists() else None
-        if reuse is not None and _arithmetic_differs(reuse["header"]):
+        if reuse is not None and agreement_key({**reuse["header"], "spec": None}) != here:
             reuse = None
         result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)
         save_shard(spec.shard_path(root, shard), result)
