@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,6 +22,15 @@ def _print(text: str) -> None:
 def _train_config(args):
     from kafrob.fbf import FBFConfig
     from kafrob.train import TrainConfig
+
+    if args.case:
+        from kafrob.bench.cases import BY_ID
+        from kafrob.bench.tiers import get_tier
+
+        config = get_tier(args.tier).train_config(BY_ID[args.case], args.seed)
+        return dataclasses.replace(config, fbf=dataclasses.replace(config.fbf, adversarial=not args.clean))
+    if not (args.model and args.activation):
+        raise ValueError("name the model: --case <model>-<activation> (with --tier) or --model and --activation")
 
     return TrainConfig(model=args.model, activation=args.activation, epochs=args.epochs, min_lr=args.min_lr,
                        max_lr=args.max_lr, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
@@ -48,14 +58,17 @@ def _model_spec(text: str) -> str:
 
 
 def _add_eval_args(p, models: bool = True):
+    from kafrob.attacks import NAMED
+    from kafrob.attacks.common import LABEL_MODES
     from kafrob.bench.shards import SHARD_IMAGES
-    from kafrob.pgd import LABEL_MODES
 
     if models:
         p.add_argument("--checkpoint", required=True, nargs="+", type=_model_spec,
                        help="thesis:resnet20-<act> or a .keras file")
-    p.add_argument("--iterations", type=int, default=50)
-    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--attack", default="pgd", choices=list(NAMED),
+                   help="autoattack: AutoAttack's standard composition; the others alone (default pgd)")
+    p.add_argument("--iterations", type=int, default=50, help="PGD's (the other attacks keep their published sizes)")
+    p.add_argument("--restarts", type=int, default=10, help="PGD's")
     p.add_argument("--labels", default=["true"], nargs="+", choices=LABEL_MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-images", type=int, default=SHARD_IMAGES)
@@ -64,10 +77,14 @@ def _add_eval_args(p, models: bool = True):
 
 def _add_train_args(p):
     from kafrob.activations import ACTIVATIONS
+    from kafrob.bench.cases import BY_ID
+    from kafrob.bench.tiers import TIERS
     from kafrob.models import MODELS
 
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--activation", required=True, choices=list(ACTIVATIONS))
+    p.add_argument("--case", choices=list(BY_ID), help="a tier's case: its whole configuration (--tier)")
+    p.add_argument("--tier", default="short", choices=list(TIERS), help="with --case")
+    p.add_argument("--model", choices=sorted(MODELS))
+    p.add_argument("--activation", choices=list(ACTIVATIONS))
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--min-lr", type=float, default=0.01)
     p.add_argument("--max-lr", type=float, default=0.1)
@@ -116,12 +133,18 @@ def _worker(text: str) -> tuple[int, int]:
     return i, k
 
 
+def _attack_config(args, label_mode: str):
+    from kafrob.attacks import named
+
+    if args.attack == "pgd":
+        return named("pgd", iterations=args.iterations, restarts=args.restarts, label_mode=label_mode)
+    return named(args.attack, label_mode=label_mode)
+
+
 def _specs(args):
     from kafrob.bench.shards import ShardSpec
-    from kafrob.pgd import PGDConfig
 
-    return [ShardSpec(model, PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=labels),
-                      seed=args.seed, shard_images=args.shard_images)
+    return [ShardSpec(model, _attack_config(args, labels), seed=args.seed, shard_images=args.shard_images)
             for model in args.checkpoint for labels in args.labels]
 
 
@@ -194,15 +217,17 @@ def cmd_evaluate(args) -> int:
     if args.shards_dir:
         return cmd_evaluate_shards(args)
     from kafrob.data import load_cifar10
-    from kafrob.evaluate import evaluate, our_pgd
-    from kafrob.pgd import PGDConfig
+    from kafrob.evaluate import evaluate, our_attack
 
     if len(args.checkpoint) != 1 or len(args.labels) != 1:
         raise ValueError("several --checkpoint or --labels values need --shards-dir (a sharded evaluation)")
-    attack = PGDConfig(iterations=args.iterations, restarts=args.restarts, label_mode=args.labels[0])
-    run_attack = our_pgd
+    attack = _attack_config(args, args.labels[0])
+    run_attack = our_attack
     if args.backend != "kafrob":
-        from kafrob import art_backend
+        from kafrob.attacks import art as art_backend
+
+        if args.attack != "pgd":
+            raise ValueError(f"--backend {args.backend} runs ART's PGD or APGD; use --attack pgd with it")
 
         run_attack = art_backend.art_pgd if args.backend == "art" else art_backend.art_apgd
     result = evaluate(_load_model(args.checkpoint[0]), load_cifar10(args.data_dir), n=args.n, clean_n=args.clean_n,
@@ -224,10 +249,10 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_sanity(args) -> int:
+    from kafrob.attacks.pgd import PGDConfig
+    from kafrob.attacks.sanity import format_checks, sanity_checks
     from kafrob.data import load_cifar10, to_float
     from kafrob.evaluate import test_indices
-    from kafrob.pgd import PGDConfig
-    from kafrob.sanity import format_checks, sanity_checks
 
     data = load_cifar10(args.data_dir)
     idx = test_indices(data, args.n)

@@ -12,13 +12,16 @@ import keras
 import numpy as np
 
 from kafrob import atomic
+from kafrob.attacks import AttackConfig, attack
+from kafrob.attacks.common import predict
+from kafrob.attacks.pgd import PGDConfig
 from kafrob.data import Cifar10, stratified_indices, to_float
-from kafrob.pgd import PGDConfig, pgd_attack, predict
 from kafrob.stats import wilson_interval
 
-# attack(model, x, y, config, seed) -> x_adv; the default is our compiled PGD, kafrob.art_backend adds ART's.
+# attack(model, x, y, config, seed) -> x_adv; the default runs the config's attack (kafrob.attacks),
+# kafrob.attacks.art adds ART's.
 PER_EXAMPLE = ("clean_indices", "clean_correct", "indices", "robust_correct")
-Attack = Callable[[keras.Model, np.ndarray, np.ndarray, PGDConfig, int], np.ndarray]
+Attack = Callable[[keras.Model, np.ndarray, np.ndarray, AttackConfig, int], np.ndarray]
 
 
 @dataclass
@@ -59,14 +62,15 @@ def test_indices(data: Cifar10, n: int | None, seed: int = 0) -> np.ndarray:
     return stratified_indices(data.y_test, n // 10, seed)
 
 
-def our_pgd(model, x, y, config: PGDConfig, seed: int, jit_compile: bool | None = None) -> np.ndarray:
-    return pgd_attack(model, x, y, config, seed=seed, jit_compile=jit_compile)[0]
+def our_attack(model, x, y, config: AttackConfig, seed: int, jit_compile: bool | None = None) -> np.ndarray:
+    return attack(model, x, y, config, seed=seed, jit_compile=jit_compile).x_adv
 
 
-def evaluate(model: keras.Model, data: Cifar10, *, n: int | None = None, attack: PGDConfig = PGDConfig(),
-             batch_size: int = 256, seed: int = 0, backend: str = "kafrob", run_attack: Attack = our_pgd,
+def evaluate(model: keras.Model, data: Cifar10, *, n: int | None = None, attack: AttackConfig = PGDConfig(),
+             batch_size: int = 256, seed: int = 0, backend: str = "kafrob", run_attack: Attack = our_attack,
              clean_n: int | None = None, progress: bool = True) -> EvalResult:
-    """Clean accuracy on ``clean_n`` test images (default: the same as n) and PGD accuracy on ``n``."""
+    """Clean accuracy on ``clean_n`` test images (default: the same as n) and robust accuracy under ``attack``
+    (any kafrob.attacks configuration) on ``n``."""
     idx = test_indices(data, n, seed)
     clean_idx = idx if clean_n is None else test_indices(data, clean_n, seed)
     clean_correct = np.concatenate([

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from kafrob.attacks.common import cross_entropy
+
 EPS = 8.0 / 255.0
 
 
@@ -24,13 +26,6 @@ class FBFConfig:
     @property
     def alpha(self) -> float:
         return self.alpha_ratio * self.eps
-
-
-def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                       logits=tf.cast(logits, tf.float32))
-    )
 
 
 def fgsm_random_start(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, config: FBFConfig):

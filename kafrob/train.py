@@ -17,10 +17,10 @@ import tensorflow as tf
 
 from kafrob import atomic
 from kafrob.activations import check_activation
+from kafrob.attacks.pgd import PGDConfig, pgd_attack
 from kafrob.data import Cifar10, stratified_indices, to_float, train_dataset
 from kafrob.fbf import FBFConfig, make_train_step
 from kafrob.models import MODELS, build_model
-from kafrob.pgd import PGDConfig, pgd_attack
 from kafrob.schedules import OneCycle
 
 PRECISIONS = ("float32", "mixed_float16")

@@ -15,9 +15,9 @@ import tensorflow as tf
 
 from kafrob import native
 from kafrob.activations import activation_layer
+from kafrob.attacks.pgd import PGDConfig, pgd_attack
 from kafrob.fbf import FBFConfig, make_train_step
 from kafrob.models import build_model
-from kafrob.pgd import PGDConfig, pgd_attack
 
 BATCH = 128
 
@@ -118,7 +118,7 @@ def test_pgd10_resnet20(benchmark, speed_record, backend):
         pgd_attack(model, x, y, cfg)
         benchmark.pedantic(lambda: pgd_attack(model, x, y, cfg), rounds=3, warmup_rounds=0)
     else:
-        from kafrob.art_backend import art_pgd
+        from kafrob.attacks.art import art_pgd
 
         benchmark.pedantic(lambda: art_pgd(model, x.numpy(), y.numpy(), cfg, 0), rounds=2, warmup_rounds=0)
     speed_record()

@@ -76,6 +76,20 @@ def test_train_lr_find_evaluate_sanity_end_to_end(tiny, tmp_path, capsys):
     assert code in (0, 1) and "eps=0 gives clean accuracy" in capsys.readouterr().out
 
 
+def test_evaluate_runs_any_registered_attack(tiny, tmp_path, capsys):
+    data_dir, model_path = tiny
+    base = ["evaluate", "--checkpoint", str(model_path), "--n", "10", "--data-dir", str(data_dir)]
+    assert cli.main([*base, "--attack", "autoattack"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["attack"]["queries"] == 5000 and summary["robust_accuracy"] <= summary["clean_accuracy"]
+    shards_dir = tmp_path / "shards"
+    assert cli.main([*base, "--attack", "apgd-t", "--shard-images", "10", "--shards-dir", str(shards_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n"] == 10
+    assert len(list(shards_dir.glob("*/apgd-t-eps8-true-seed0-shard10/shard-0000.npz"))) == 1
+    assert cli.main([*base, "--attack", "square", "--backend", "art"]) == 2
+    assert "use --attack pgd" in capsys.readouterr().err
+
+
 def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monkeypatch):
     """The released-model commands on stand-ins: a tiny model answers for two thesis rows."""
     import keras

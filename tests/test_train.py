@@ -7,10 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from kafrob.attacks.pgd import PGDConfig
 from kafrob.evaluate import evaluate
 from kafrob.fbf import FBFConfig
 from kafrob.lr_finder import range_test
-from kafrob.pgd import PGDConfig
 from kafrob.train import NonFiniteError, TrainConfig, train
 
 # Small budget, so a small radius: at eps = 2/255 a 2,000-image VGG shows what FBF does within minutes.

@@ -19,6 +19,8 @@ import tensorflow as tf
 
 from kafrob import atomic
 from kafrob.arithmetic import kaf_kernels
+from kafrob.attacks import RUNNERS
+from kafrob.attacks.common import predict
 from kafrob.bench.cases import Experiment
 from kafrob.bench.shards import (
     FIELDS,
@@ -35,8 +37,7 @@ from kafrob.bench.shards import (
 from kafrob.bench.store import Measurement, code_version, environment, runs_dir, save_measurement
 from kafrob.bench.tiers import Source, Tier
 from kafrob.data import Cifar10, to_float
-from kafrob.evaluate import evaluate, our_pgd
-from kafrob.pgd import pgd_restarts, predict
+from kafrob.evaluate import evaluate, our_attack
 from kafrob.train import build_for, train
 
 
@@ -98,7 +99,7 @@ def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progres
     n = tier.test_images
     if dry_run is not None:
         n = clean_n = dry_run.images
-    attack = partial(our_pgd, jit_compile=tier.attack_xla)
+    attack = partial(our_attack, jit_compile=tier.attack_xla)
     result = evaluate(model, data, n=n, clean_n=clean_n, attack=tier.attack, seed=seed, run_attack=attack,
                       progress=progress)
     folder = runs_dir() / ("dry-run" if dry_run else "results") / tier.name
@@ -144,7 +145,7 @@ def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHA
 
     ``reuse``: the same shard in the other label mode (``sibling``). Where both modes attack the same label
     (the clean prediction is right) the attack is the same computation (random starts are per image:
-    ``kafrob.pgd.random_starts``), so those images take its results and only the others are attacked.
+    ``kafrob.attacks.common.random_starts``), so those images take its results and only the others are attacked.
     """
     start = time.time()
     order = evaluation_order(data.y_test, spec.seed)
@@ -164,13 +165,19 @@ def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHA
         same = reuse["attack_label"] == attacked
         first[same], adv_pred[same] = reuse["first_restart"][same], reuse["adv_pred"][same]
         todo = np.flatnonzero(~same)
+    masking = []
     for b in range(0, len(todo), batch_size):
         part = todo[b:b + batch_size]
-        x_adv, first[part] = pgd_restarts(model, x_all[part], attacked[part], spec.attack, seed=spec.seed,
-                                          ids=index[part])
-        adv_pred[part] = predict(model, x_adv).numpy()
+        out = RUNNERS[type(spec.attack)](model, x_all[part], attacked[part], spec.attack, seed=spec.seed,
+                                         ids=index[part], jit_compile=None)
+        first[part] = out.first
+        adv_pred[part] = predict(model, out.x_adv).numpy()
+        if getattr(out, "flags", None) is not None:
+            masking.append({"images": len(part), **dataclasses.asdict(out.flags), "raised": out.flags.raised})
     arrays = dict(zip(FIELDS, (index, data.y_test[index], clean, attacked, first, adv_pred), strict=True))
     header = _header(spec, shard, time.time() - start)
+    if masking:
+        header["masking"] = masking  # AutoAttack's gradient-masking flags, per attacked batch
     header["reused"] = int(len(index) - len(todo))  # images whose results came from the other label mode
     return {**{f: np.asarray(v).astype(np.int32) for f, v in arrays.items()}, "header": header}
 

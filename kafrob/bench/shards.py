@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from kafrob import atomic
+from kafrob.attacks import AttackConfig, name_of, tag
+from kafrob.attacks.pgd import PGDConfig
 from kafrob.bench.store import CLEAN_FILE, REFERENCE_DIR, Measurement
-from kafrob.pgd import PGDConfig
 from kafrob.stats import wilson_interval
 
 SHARD_IMAGES = 200  # a multiple of 10: every prefix of whole shards is class-balanced (evaluation_order)
@@ -74,7 +75,7 @@ class ShardSpec:
     """What is evaluated: the model (``thesis:resnet20-<act>`` or a ``.keras`` path), the attack, the seeds."""
 
     model: str
-    attack: PGDConfig
+    attack: AttackConfig
     seed: int = 0  # of the image order and of the attack's random starts
     shard_images: int = SHARD_IMAGES
 
@@ -84,9 +85,7 @@ class ShardSpec:
 
     @property
     def attack_id(self) -> str:
-        a = self.attack
-        return (f"pgd{a.iterations}x{a.restarts}-eps{a.eps * 255:g}-step{a.step * 255:g}-{a.label_mode}"
-                f"-seed{self.seed}-shard{self.shard_images}")
+        return f"{tag(self.attack)}-{self.attack.label_mode}-seed{self.seed}-shard{self.shard_images}"
 
     @property
     def model_id(self) -> str:
@@ -99,8 +98,9 @@ class ShardSpec:
         return self.directory(root) / f"shard-{shard:04d}.npz"
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "attack": dataclasses.asdict(self.attack), "seed": self.seed,
-                "shard_images": self.shard_images}
+        attack = dataclasses.asdict(self.attack)  # PGD's as the stored shards have it; the others named
+        attack = attack if isinstance(self.attack, PGDConfig) else {"name": name_of(self.attack), **attack}
+        return {"model": self.model, "attack": attack, "seed": self.seed, "shard_images": self.shard_images}
 
 
 def shards_for(n: int, spec: ShardSpec, worker: tuple[int, int] = (0, 1)) -> list[int]:

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 import pytest
 
+from kafrob.attacks.autoattack import AutoAttackConfig
+from kafrob.attacks.pgd import PGDConfig
 from kafrob.bench import run as bench_run
 from kafrob.bench import shards
 from kafrob.data import Cifar10
-from kafrob.pgd import PGDConfig
 
 ATTACK = PGDConfig(iterations=20, restarts=3, label_mode="predicted")
 
@@ -30,6 +31,16 @@ def test_evaluation_order_is_a_stratified_permutation():
     assert not np.array_equal(order, shards.evaluation_order(labels, seed=1))
     with pytest.raises(ValueError, match="equally many"):
         shards.evaluation_order(np.array([0, 0, 1]))
+
+
+def test_folders_name_the_attack_and_keep_the_stored_pgd_names():
+    pgd = shards.ShardSpec("thesis:resnet20-relu", PGDConfig(iterations=50, restarts=10, label_mode="predicted"))
+    assert pgd.attack_id == "pgd50x10-eps8-step2-predicted-seed0-shard200"  # reference_results/checkpoints/shards
+    assert "name" not in pgd.to_dict()["attack"]
+    aa = shards.ShardSpec("m.keras", AutoAttackConfig(label_mode="true"))
+    assert aa.attack_id == "autoattack-eps8-true-seed0-shard200" and aa.to_dict()["attack"]["name"] == "autoattack"
+    small = shards.ShardSpec("m.keras", AutoAttackConfig(queries=50))
+    assert small.attack_id == "autoattack-queries50-eps8-true-seed0-shard200"
 
 
 def test_shards_for_workers():
@@ -134,14 +145,17 @@ def test_restarts_run_only_on_images_not_yet_fooled(tmp_path):
     assert set(result["first_restart"]) <= {-1, 0, 1, 2, 3}
 
 
-def test_the_other_label_mode_reuses_identical_attacks():
+@pytest.mark.parametrize("attack", [PGDConfig(iterations=3, restarts=3, eps=2 / 255, step=1 / 255),
+                                    AutoAttackConfig(eps=2 / 255, iterations=5, targets=2, queries=50)],
+                         ids=["pgd", "autoattack"])
+def test_the_other_label_mode_reuses_identical_attacks(attack):
     """Where the clean prediction is right both label modes attack the same label from the same per-image
     starts: the true-label shard computed with the predicted-label shard's results equals one computed alone."""
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
     data = _data(3)
-    spec = shards.ShardSpec("tiny", PGDConfig(iterations=3, restarts=3, eps=2 / 255, step=1 / 255), shard_images=30)
+    spec = shards.ShardSpec("tiny", attack, shard_images=30)
     alone = bench_run.run_shard(model, data, spec, 0)
     predicted = bench_run.run_shard(model, data, shards.sibling(spec), 0)
     reused = bench_run.run_shard(model, data, spec, 0, reuse=predicted)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kafrob.bench.cases import BY_ID, EXPERIMENTS
+from kafrob.bench.cases import BY_ID, EXPERIMENTS, RESNET20_LR
 from kafrob.bench.tiers import TIERS, Reference, Source, get_tier
 
 
@@ -23,7 +23,7 @@ def test_each_tier_runs_its_cases_from_one_rule():
     assert len(released) == 8 and {e.model for e in released} == {"resnet20"}
     assert get_tier("smoke", "thesis-checkpoint").cases() == released
     assert {t.source for t in TIERS.values()} == set(Source) and {t.reference for t in TIERS.values()} == set(Reference)
-    with pytest.raises(ValueError, match="unknown tier 'huge'; known: smoke, full, checkpoints"):
+    with pytest.raises(ValueError, match="unknown tier 'huge'; known: smoke, short, full, checkpoints"):
         get_tier("huge")
     with pytest.raises(ValueError, match="'disk' is not a valid Source"):
         get_tier("smoke", "disk")
@@ -34,3 +34,13 @@ def test_smoke_and_full_differ_in_explicit_fields_only():
     smoke, full = get_tier("smoke").train_config(e), get_tier("full").train_config(e)
     assert (smoke.decay_epochs, smoke.monitor_images, smoke.jit_compile) == (0, 0, False)
     assert (full.decay_epochs, full.monitor_images, full.jit_compile) == (20, 256, True)
+
+
+def test_short_tier_is_the_thesis_protocol_compressed_to_twelve_epochs():
+    short = get_tier("short")
+    cfg = short.train_config(BY_ID["resnet20-relu"])
+    assert (cfg.epochs, cfg.decay_epochs, cfg.decay_every, cfg.train_per_class) == (10, 2, 1, None)
+    assert (cfg.batch_size, cfg.augment, cfg.precision, (cfg.min_lr, cfg.max_lr)) == (128, True, "float32", RESNET20_LR)
+    assert short.train_config(BY_ID["vgg-relu"]).decay_epochs == 0  # VGG has no decay phase in the thesis
+    assert (short.attack.iterations, short.attack.restarts, short.attack.label_mode) == (50, 10, "predicted")
+    assert short.test_images == 1000 and short.clean_images is None

@@ -14,9 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob.fbf import cross_entropy
-
-LABEL_MODES = ("true", "predicted")
+from kafrob.attacks.common import LABEL_MODES, cross_entropy, logits, predict, random_starts, signed_step
 
 
 @dataclass(frozen=True)
@@ -35,21 +33,6 @@ class PGDConfig:
             raise ValueError(f"invalid PGD settings {self}")
 
 
-def _logits(model: keras.Model, x: tf.Tensor) -> tf.Tensor:
-    return tf.cast(model(x, training=False), tf.float32)
-
-
-def predict(model: keras.Model, x: tf.Tensor) -> tf.Tensor:
-    return tf.argmax(_logits(model, x), -1, output_type=tf.int32)
-
-
-def random_starts(ids: np.ndarray, seed: int, restart: int, shape: tuple[int, ...], eps: float) -> np.ndarray:
-    """Uniform [-eps, eps] starting perturbations, one stream per (seed, restart, image id): an image's start
-    does not depend on which other images share its batch, so results do not depend on the batching."""
-    return np.stack([np.random.default_rng([seed, restart, int(i)]).uniform(-eps, eps, shape).astype(np.float32)
-                     for i in ids]) if len(ids) else np.zeros((0, *shape), np.float32)
-
-
 def pgd_run(model: keras.Model, x: tf.Tensor, y: tf.Tensor, start: tf.Tensor, *, eps: float, step: float,
             iterations: int) -> tf.Tensor:
     """One PGD run (no restarts) from ``x + start`` (clipped to the image range): the adversarial batch."""
@@ -59,10 +42,8 @@ def pgd_run(model: keras.Model, x: tf.Tensor, y: tf.Tensor, start: tf.Tensor, *,
     for _ in tf.range(iterations):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            loss = cross_entropy(y, _logits(model, x_adv))
-        grad = tape.gradient(loss, x_adv)
-        x_adv = x + tf.clip_by_value(x_adv + step * tf.sign(grad) - x, -eps, eps)
-        x_adv = tf.clip_by_value(x_adv, 0.0, 1.0)
+            loss = cross_entropy(y, logits(model, x_adv))
+        x_adv = signed_step(x_adv, tape.gradient(loss, x_adv), x, eps, step)
     return x_adv
 
 

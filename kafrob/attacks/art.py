@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kafrob.attacks.pgd import PGDConfig, predict
 from kafrob.data import IMAGE_SHAPE, NUM_CLASSES
-from kafrob.pgd import PGDConfig, predict
 
 ART_ATTACKS = ("pgd", "apgd")
 

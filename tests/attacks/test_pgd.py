@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kafrob.art_backend import art_pgd
+from kafrob.attacks.art import art_pgd
+from kafrob.attacks.pgd import PGDConfig, pgd_attack, predict
+from kafrob.attacks.sanity import format_checks, sanity_checks
 from kafrob.data import to_float
 from kafrob.evaluate import agreement, evaluate
-from kafrob.pgd import PGDConfig, pgd_attack, predict
-from kafrob.sanity import format_checks, sanity_checks
 
 
 @pytest.fixture(scope="module")

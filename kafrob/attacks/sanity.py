@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 from tabulate import tabulate
 
-from kafrob.fbf import cross_entropy
-from kafrob.pgd import PGDConfig, pgd_attack, predict
+from kafrob.attacks.common import cross_entropy, input_gradients, logits, predict, signed_step
+from kafrob.attacks.pgd import PGDConfig, pgd_attack
 
 EPS_GRID = tuple(e / 255.0 for e in (0, 2, 4, 8, 16, 32))
 
@@ -34,17 +34,8 @@ def fgsm(model: keras.Model, x, y, eps: float) -> np.ndarray:
     x = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        loss = cross_entropy(y, model(x, training=False))
-    return tf.clip_by_value(x + eps * tf.sign(tape.gradient(loss, x)), 0.0, 1.0).numpy()
-
-
-def input_gradients(model: keras.Model, x, y) -> np.ndarray:
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.cast(y, tf.int32), logits=tf.cast(model(x, training=False), tf.float32))
-    return tape.gradient(losses, x).numpy()
+        loss = cross_entropy(y, logits(model, x))
+    return signed_step(x, tape.gradient(loss, x), x, eps, eps).numpy()
 
 
 def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float = 8 / 255,
