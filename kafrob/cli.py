@@ -45,15 +45,20 @@ def _thesis_activation(spec: str) -> str | None:
 
 
 def _model_spec(text: str) -> str:
-    """A thesis:resnet20-<activation> name (checked against the registry) or a .keras file."""
+    """A thesis:resnet20-<activation> name (checked against the registry), a model the suite trained and stored
+    (<tier>:<case>, e.g. short:resnet20-relu) or a .keras file."""
+    from kafrob.bench.trained import is_stored_name
     from kafrob.checkpoints import THESIS_CHECKPOINTS
 
+    if is_stored_name(text):
+        return text
     if text.startswith("thesis:"):
         if _thesis_activation(text) not in THESIS_CHECKPOINTS:
             known = ", ".join(f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS)
             raise argparse.ArgumentTypeError(f"unknown thesis checkpoint {text!r}; known: {known}")
     elif not text.endswith(".keras"):
-        raise argparse.ArgumentTypeError(f"expected thesis:resnet20-<activation> or a .keras file, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected thesis:resnet20-<activation>, <tier>:<case> (a stored model, e.g. "
+                                         f"short:resnet20-relu) or a .keras file, got {text!r}")
     return text
 
 
@@ -108,6 +113,12 @@ def cmd_train(args) -> int:
     from kafrob import atomic
 
     atomic.save_with(Path(args.run_dir) / "model.keras", result.model.save)
+    if args.keep:
+        if not args.case:
+            raise ValueError("--keep stores a tier's case: name it with --case (and --tier)")
+        from kafrob.bench.trained import keep
+
+        print(f"kept as {keep(Path(args.run_dir), args.tier, args.case)}", file=sys.stderr)
     _print(json.dumps(result.history[-1], indent=2))
     return 0
 
@@ -120,8 +131,14 @@ def _load_model(spec: str):
     import keras
 
     import kafrob.kaf  # noqa: F401  (registers the KAF layer)
+    from kafrob.bench.trained import is_stored_name, stored_path
 
-    return keras.saving.load_model(spec)
+    path = stored_path(spec) if is_stored_name(spec) else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}" + (f": train and keep it first (kafrob train --case "
+                                f"{spec.partition(':')[2]} --tier {spec.partition(':')[0]} --keep)"
+                                if is_stored_name(spec) else ""))
+    return keras.saving.load_model(path)
 
 
 def _worker(text: str) -> tuple[int, int]:
@@ -313,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_train_args(p)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--keep", action="store_true",
+                   help="with --case: store the trained model as reference_results/<tier>/<case>.keras")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="clean and PGD accuracy of a .keras model or thesis:resnet20-<act>")
     _add_eval_args(p)

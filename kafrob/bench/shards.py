@@ -72,7 +72,8 @@ def evaluation_order(labels: np.ndarray, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """What is evaluated: the model (``thesis:resnet20-<act>`` or a ``.keras`` path), the attack, the seeds."""
+    """What is evaluated: the model (``thesis:resnet20-<act>``, a stored ``<tier>:<case>`` or a ``.keras`` path), the
+    attack, the seeds."""
 
     model: str
     attack: AttackConfig
@@ -89,7 +90,7 @@ class ShardSpec:
 
     @property
     def model_id(self) -> str:
-        return self.model.replace("thesis:", "thesis-").replace("/", "_")
+        return self.model.replace(":", "-").replace("/", "_")
 
     def directory(self, root: Path) -> Path:
         return Path(root) / self.model_id / self.attack_id

@@ -1,0 +1,74 @@
+"""Models this suite trained, kept in the store so anyone can re-evaluate them in minutes and attack them with
+the stronger attacks: ``reference_results/<tier>/<case>.keras`` with ``<case>.history.json`` (the config, its
+digest, the per-epoch loss, accuracy, learning rate, seconds and catastrophic-overfitting monitor readings, the
+code version and the arithmetic) and ``<case>.curves.png``. They are named ``<tier>:<case>`` (``short:resnet20-relu``)
+wherever a model is expected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kafrob import atomic
+from kafrob.bench.store import REFERENCE_DIR, code_version, environment
+
+
+def stored_path(name: str, root: Path | None = None) -> Path:
+    """``short:resnet20-relu`` -> reference_results/short/resnet20-relu.keras (or under ``root``)."""
+    tier, _, case = name.partition(":")
+    return Path(REFERENCE_DIR if root is None else root) / tier / f"{case}.keras"
+
+
+def is_stored_name(text: str) -> bool:
+    from kafrob.bench.cases import BY_ID
+    from kafrob.bench.tiers import TIERS
+
+    tier, sep, case = text.partition(":")
+    return bool(sep) and tier in TIERS and case in BY_ID
+
+
+def keep(run_dir: Path, tier: str, case: str, root: Path | None = None) -> Path:
+    """Copy a finished training run (``model.keras`` and ``history.json`` of ``kafrob train``) into the store."""
+    run_dir = Path(run_dir)
+    model, history = run_dir / "model.keras", run_dir / "history.json"
+    for path in (model, history):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: finish the run (kafrob train ... --resume) first")
+    meta = json.loads(history.read_text())
+    target = stored_path(f"{tier}:{case}", root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic.atomic_write(target, lambda f: f.write(model.read_bytes()))
+    record = {"case": case, "tier": tier, **meta, "code_version": code_version(), **environment()}
+    atomic.write_json(target.with_suffix(".history.json"), record)
+    atomic.atomic_write(target.with_suffix(".curves.png"), lambda f: f.write(curves_png(meta["history"], case)))
+    return target
+
+
+def load_history(name: str, root: Path | None = None) -> dict:
+    return json.loads(stored_path(name, root).with_suffix(".history.json").read_text())
+
+
+def curves_png(history: list[dict], title: str) -> bytes:
+    """Training loss and accuracy (on the FBF examples), the monitor's PGD-5 accuracy and the LR, per epoch."""
+    from kafrob.bench.report import _png, _pyplot
+
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [h["loss"] for h in history], "o-", label="training loss (FBF examples)")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend(loc="upper right")
+    right.plot(epochs, [100 * h["accuracy"] for h in history], "o-", label="training accuracy (FBF examples)")
+    if any("monitor_pgd_accuracy" in h for h in history):
+        right.plot(epochs, [100 * h.get("monitor_pgd_accuracy", float("nan")) for h in history], "s-",
+                   label="PGD-5 accuracy, monitor batch")
+    right.set_xlabel("epoch")
+    right.set_ylabel("%")
+    lr = right.twinx()
+    lr.plot(epochs, [h["lr"] for h in history], ":", color="grey", label="LR at epoch end")
+    lr.set_ylabel("learning rate")
+    right.legend(loc="upper left", fontsize=8)
+    fig.suptitle(title)
+    return _png(fig)
+
