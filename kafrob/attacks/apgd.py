@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from kafrob.attacks.common import (
-    LABEL_MODES,
     Outcome,
+    check_label_mode,
     cross_entropy_each,
     dlr_loss,
     dlr_targeted_loss,
@@ -56,8 +56,7 @@ class APGDConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", Loss(self.loss))
-        if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label_mode {self.label_mode!r}; known: {', '.join(LABEL_MODES)}")
+        check_label_mode(self.label_mode)
         if self.eps < 0 or self.iterations < 1 or self.restarts < 1 or not 1 <= self.targets <= 9:
             raise ValueError(f"invalid APGD settings {self}")
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kafrob.attacks.apgd import APGDConfig, Loss, apgd_attack
-from kafrob.attacks.common import LABEL_MODES, Outcome, logits, predict
+from kafrob.attacks.common import Outcome, check_label_mode, logits, predict
 from kafrob.attacks.fab import FABConfig, fab_attack
 from kafrob.attacks.square import SquareConfig, square_attack
 
@@ -38,8 +38,7 @@ class AutoAttackConfig:
     label_mode: str = "true"
 
     def __post_init__(self) -> None:
-        if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label_mode {self.label_mode!r}; known: {', '.join(LABEL_MODES)}")
+        check_label_mode(self.label_mode)
 
     @property
     def stages(self) -> int:

@@ -15,6 +15,11 @@ import tensorflow as tf
 LABEL_MODES = ("true", "predicted")  # what an attack attacks: the true label, or the model's clean prediction (ART's)
 
 
+def check_label_mode(label_mode: str) -> None:
+    if label_mode not in LABEL_MODES:
+        raise ValueError(f"unknown label_mode {label_mode!r}; known: {', '.join(LABEL_MODES)}")
+
+
 @dataclass
 class Outcome:
     """What an attack leaves, per example: its adversarial example; the first stage (restart, target or

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kafrob.attacks.apgd import ranked_targets
-from kafrob.attacks.common import LABEL_MODES, Outcome, logits, predict
+from kafrob.attacks.common import Outcome, check_label_mode, logits, predict
 
 BISECTIONS = 40
 
@@ -38,8 +38,7 @@ class FABConfig:
     label_mode: str = "true"
 
     def __post_init__(self) -> None:
-        if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label_mode {self.label_mode!r}; known: {', '.join(LABEL_MODES)}")
+        check_label_mode(self.label_mode)
         if self.eps < 0 or self.iterations < 1 or not 1 <= self.targets <= 9:
             raise ValueError(f"invalid FAB settings {self}")
 

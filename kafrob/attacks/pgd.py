@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob.attacks.common import LABEL_MODES, cross_entropy, logits, predict, random_starts, signed_step
+from kafrob.attacks.common import check_label_mode, cross_entropy, logits, predict, random_starts, signed_step
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,7 @@ class PGDConfig:
     label_mode: str = "true"  # "predicted" attacks the model's own predictions, as ART's generate(x) does
 
     def __post_init__(self) -> None:
-        if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label_mode {self.label_mode!r}; known: {', '.join(LABEL_MODES)}")
+        check_label_mode(self.label_mode)
         if self.eps < 0 or self.step < 0 or self.iterations < 0 or self.restarts < 1:
             raise ValueError(f"invalid PGD settings {self}")
 

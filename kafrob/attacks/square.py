@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob.attacks.common import LABEL_MODES, Outcome, hash_uniform, logits, margin, predict
+from kafrob.attacks.common import Outcome, check_label_mode, hash_uniform, logits, margin, predict
 
 CHUNK = 100  # queries per compiled call
 REDRAWS = 8
@@ -34,8 +34,7 @@ class SquareConfig:
     label_mode: str = "true"
 
     def __post_init__(self) -> None:
-        if self.label_mode not in LABEL_MODES:
-            raise ValueError(f"unknown label_mode {self.label_mode!r}; known: {', '.join(LABEL_MODES)}")
+        check_label_mode(self.label_mode)
         if self.eps < 0 or self.queries < 1 or not 0 < self.p_init <= 1:
             raise ValueError(f"invalid Square settings {self}")
 
