@@ -81,8 +81,14 @@ def full_gpu(session: nox.Session) -> None:
     """The thesis protocol on GPU(s).
 
     Several GPUs: one case per GPU (pytest-xdist), or with `-- --data-parallel -k <case>` one case
-    trained on all of them (tf.distribute.MirroredStrategy).
+    trained on all of them (tf.distribute.MirroredStrategy). On a cluster: `-- --executor slurm --partition gpu`
+    submits every case as a Slurm job (kafrob submit; preempted jobs are requeued and resume).
     """
+    if "--executor" in session.posargs:  # every case as a job of a job engine (kafrob submit), e.g. Slurm
+        _install(session, gpu=True)  # the jobs run this environment's Python on the GPU nodes
+        session.run("kafrob", "submit", "--tier", "full", *session.posargs, env=_env())
+        session.run("python", "-m", "kafrob.cli", "table", "--tier", "full", env=_env())
+        return
     if shutil.which("nvidia-smi") is None:  # before downloading gigabytes of CUDA wheels
         session.error("full-gpu needs an NVIDIA GPU and driver (nvidia-smi not found); on CPU run "
                       "`nox -s smoke` or `nox -s checkpoints`")

@@ -1,4 +1,4 @@
-"""`kafrob train | evaluate | merge | verdict | lr-find | sanity | table | regenerate`.
+"""`kafrob train | evaluate | submit | merge | verdict | lr-find | sanity | table | regenerate`.
 
 Results (JSON, tables) go to standard output; progress and warnings to standard error.
 """
@@ -124,21 +124,9 @@ def cmd_train(args) -> int:
 
 
 def _load_model(spec: str):
-    if spec.startswith("thesis:"):
-        from kafrob.checkpoints import load_thesis_model
+    from kafrob.bench.run import load_named_model
 
-        return load_thesis_model(_thesis_activation(spec))
-    import keras
-
-    import kafrob.kaf  # noqa: F401  (registers the KAF layer)
-    from kafrob.bench.trained import is_stored_name, stored_path
-
-    path = stored_path(spec) if is_stored_name(spec) else Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}" + (f": train and keep it first (kafrob train --case "
-                                f"{spec.partition(':')[2]} --tier {spec.partition(':')[0]} --keep)"
-                                if is_stored_name(spec) else ""))
-    return keras.saving.load_model(path)
+    return load_named_model(spec)
 
 
 def _worker(text: str) -> tuple[int, int]:
@@ -168,11 +156,16 @@ def _specs(args):
 def _merged_summary(merged) -> dict:
     from kafrob.stats import wilson_interval
 
+    if len(merged.header["code_versions"]) > 1:
+        print(f"kafrob: warning: {merged.spec['model']} {merged.spec['attack']['label_mode']} labels: shards from "
+              f"code versions {', '.join(merged.header['code_versions'])} (same arithmetic; check with "
+              f"`pytest benchmark --tier checkpoints` or --recompute)", file=sys.stderr)
+
     k_clean, k_rob, n = int(merged.clean_correct.sum()), int(merged.robust_correct.sum()), merged.n
     return {"model": merged.spec["model"], "label_mode": merged.spec["attack"]["label_mode"], "n": n,
             "shards": len(merged.shards), "clean_accuracy": k_clean / n, "robust_accuracy": k_rob / n,
             "clean_interval": wilson_interval(k_clean, n), "robust_interval": wilson_interval(k_rob, n),
-            "cpu_seconds": merged.header["seconds"]}
+            "cpu_seconds": merged.header["seconds"], "code_versions": merged.header["code_versions"]}
 
 
 def cmd_evaluate_shards(args) -> int:
@@ -190,11 +183,48 @@ def cmd_evaluate_shards(args) -> int:
             models[spec_model] = _load_model(spec_model)
         return models[spec_model]
 
-    run_shards([(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs], root,
-        load_model=load, load_data=lambda: load_cifar10(args.data_dir), recompute=args.recompute,
-        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    plan = [(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs]
+    if args.executor != "serial":
+        from kafrob.bench import executor as ex
+
+        if args.recompute:
+            raise ValueError("--recompute runs in this process only (--executor serial)")
+        jobs = ex.shard_jobs(plan, args.jobs, root, args.data_dir)
+        report = ex.wait(ex.submit(jobs, ex.Engine(args.executor), args.jobs_dir, _resources(args, ex.CPU_SHARD)),
+                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+        if report.failures:
+            raise RuntimeError("; ".join(report.failures))
+    else:
+        run_shards(plan, root, load_model=load, load_data=lambda: load_cifar10(args.data_dir),
+                   recompute=args.recompute, progress=lambda line: print(line, file=sys.stderr, flush=True))
     _print(json.dumps([_merged_summary(merge(s, root)) for s in specs], indent=2))
     return 0
+
+
+def _resources(args, default):
+    """The per-job request: the defaults for this kind of job, overridden by the command line."""
+    import dataclasses as dc
+
+    given = {"gpus": args.gpus_per_job, "cpus": args.cpus_per_job, "mem_gb": args.mem_gb,
+             "timeout_min": args.timeout_min, "partition": args.partition}
+    return dc.replace(default, **{k: v for k, v in given.items() if v is not None})
+
+
+def cmd_submit(args) -> int:
+    """Every case of a tier as one job each; then the tier's table from the stored measurements."""
+    from kafrob.bench import executor as ex
+    from kafrob.bench.tiers import get_tier
+
+    tier = get_tier(args.tier)
+    cases = args.cases or [e.id for e in tier.cases()]
+    default = ex.FULL_CASE if args.tier == "full" else ex.Resources()
+    jobs = [ex.CaseJob(case, args.tier, args.seed, args.data_dir) for case in cases]
+    report = ex.wait(ex.submit(jobs, ex.Engine(args.executor), args.jobs_dir, _resources(args, default)),
+                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+    failed = [f"{r['case']}: {f}" for r in report.results for f in r["failures"]]
+    _print(json.dumps({"cases": len(cases), "finished": len(report.results), "job_failures": report.failures,
+                       "out_of_tolerance": failed}, indent=2))
+    return 0 if not report.failures and not failed else 1
 
 
 def cmd_merge(args) -> int:
@@ -321,7 +351,22 @@ def cmd_regenerate(args) -> int:
     return 0
 
 
+def _add_executor_args(p, unit: str, engines: tuple[str, ...] = ("serial", "local", "slurm")) -> None:
+    p.add_argument("--executor", default=engines[0], choices=engines,
+                   help=f"serial: this process; local: submitit jobs as processes here; slurm: a Slurm job array "
+                        f"(the {unit} split over --jobs jobs; preempted jobs are requeued and resume)")
+    if unit == "shards":
+        p.add_argument("--jobs", type=int, default=2, help="jobs to split the shards over")
+    p.add_argument("--jobs-dir", default="runs/jobs", help="submitit's logs and pickles")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--gpus-per-job", type=int, default=None)
+    p.add_argument("--cpus-per-job", type=int, default=None)
+    p.add_argument("--mem-gb", type=int, default=None)
+    p.add_argument("--timeout-min", type=int, default=None)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from kafrob.bench.cases import BY_ID
     from kafrob.bench.tiers import TIERS
 
     parser = argparse.ArgumentParser(prog="kafrob", description=__doc__)
@@ -344,7 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", type=_worker, default=(0, 1), metavar="I/K",
                    help="with --shards-dir: run every K-th shard from I (separate processes or machines)")
     p.add_argument("--recompute", action="store_true", help="with --shards-dir: recompute finished shards")
+    _add_executor_args(p, "shards")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("submit", help="run a tier's cases as jobs of a job engine (Slurm, or local processes)")
+    p.add_argument("--tier", required=True, choices=[t for t in TIERS if t != "checkpoints"])
+    p.add_argument("--cases", nargs="+", choices=list(BY_ID), help="default: every case of the tier")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    _add_executor_args(p, "cases", engines=("local", "slurm"))
+    p.set_defaults(func=cmd_submit)
     p = sub.add_parser("verdict", help="the released models' table, paired comparisons and figure from shards")
     _add_eval_args(p, models=False)
     p.add_argument("--shards-dir", required=True)

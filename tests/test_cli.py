@@ -4,6 +4,9 @@ subcommand runs end to end on tiny data. Choices come from the registries."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -13,7 +16,7 @@ from kafrob.bench import store
 from kafrob.bench.cases import EXPERIMENTS
 from kafrob.bench.tiers import TIERS
 
-SUBCOMMANDS = ("train", "evaluate", "verdict", "merge", "lr-find", "sanity", "table", "regenerate")
+SUBCOMMANDS = ("train", "evaluate", "submit", "verdict", "merge", "lr-find", "sanity", "table", "regenerate")
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -30,7 +33,7 @@ def test_help(command, capsys):
     (["train", "--model", "lenet", "--activation", "relu", "--run-dir", "r"], "invalid choice: 'lenet'"),
     (["evaluate", "--checkpoint", "thesis:resnet20-tanh"], "unknown thesis checkpoint 'thesis:resnet20-tanh'; known: "
                                                            "thesis:resnet20-relu, thesis:resnet20-elu"),
-    (["evaluate", "--checkpoint", "model.h5"], "expected thesis:resnet20-<activation> or a .keras file"),
+    (["evaluate", "--checkpoint", "model.h5"], "expected thesis:resnet20-<activation>, <tier>:<case>"),
     (["evaluate", "--checkpoint", "thesis:resnet20-relu", "--shards-dir", "x", "--shard", "3"], "expected i/k"),
     (["evaluate", "--checkpoint", "a.keras", "--labels", "target"], "invalid choice: 'target'"),
 ])
@@ -88,6 +91,22 @@ def test_evaluate_runs_any_registered_attack(tiny, tmp_path, capsys):
     assert len(list(shards_dir.glob("*/apgd-t-eps8-true-seed0-shard10/shard-0000.npz"))) == 1
     assert cli.main([*base, "--attack", "square", "--backend", "art"]) == 2
     assert "use --attack pgd" in capsys.readouterr().err
+
+
+def test_sharded_evaluate_as_local_jobs_equals_the_serial_run(tiny, tmp_path):
+    """In a child process, as a user runs it (the jobs are submitit processes of their own)."""
+    data_dir, model_path = tiny
+    common = [sys.executable, "-m", "kafrob.cli", "evaluate", "--checkpoint", str(model_path), "--labels", "predicted",
+              "true", "--n", "20", "--shard-images", "10", "--iterations", "2", "--restarts", "1",
+              "--data-dir", str(data_dir)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    serial = subprocess.run([*common, "--shards-dir", str(tmp_path / "serial")], env=env, capture_output=True,
+                            text=True, check=True)
+    jobs = subprocess.run([*common, "--shards-dir", str(tmp_path / "jobs"), "--executor", "local", "--jobs", "2",
+                           "--jobs-dir", str(tmp_path / "logs")], env=env, capture_output=True, text=True, check=True)
+    assert "jobs 2 done, 0 running or queued, 0 failed of 2" in jobs.stderr
+    for a, b in zip(json.loads(serial.stdout), json.loads(jobs.stdout), strict=True):
+        assert {k: v for k, v in a.items() if k != "cpu_seconds"} == {k: v for k, v in b.items() if k != "cpu_seconds"}
 
 
 def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monkeypatch):

@@ -82,6 +82,25 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
     return result.model, result.history
 
 
+def load_named_model(name: str) -> keras.Model:
+    """A model by the name the CLI and the shards use: ``thesis:resnet20-<act>`` (a released model), ``<tier>:<case>``
+    (one this suite trained and kept, kafrob.bench.trained) or a ``.keras`` file."""
+    from kafrob.bench.trained import is_stored_name, stored_path
+
+    if name.startswith("thesis:"):
+        from kafrob.checkpoints import load_thesis_model
+
+        return load_thesis_model(name.split(":", 1)[1].removeprefix("resnet20-"))
+    import kafrob.kaf  # noqa: F401  (registers the KAF layer)
+
+    path = stored_path(name) if is_stored_name(name) else Path(name)
+    if not path.is_file():
+        tier, _, case = name.partition(":")
+        raise FileNotFoundError(f"no model at {path}" + (f": train and keep it first (kafrob train --case {case} "
+                                                         f"--tier {tier} --keep)" if is_stored_name(name) else ""))
+    return keras.saving.load_model(path)
+
+
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -175,6 +175,8 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
                              f"{found[0]} ({what}); recompute one of them (--recompute) before merging")
     header = {**first, **{k: loaded[0]["header"].get(k) for k in ("onednn", "isa", "kaf_kernels", "cpu")}}
     header["seconds"] = sum(s["header"]["seconds"] for s in loaded)
+    # recorded, not compared (the checkpoints tier re-computes a stored shard); several are flagged by the CLI
+    header["code_versions"] = sorted({str(s["header"].get("code_version")) for s in loaded})
     arrays = {f: np.concatenate([s[f] for s in loaded]) for f in FIELDS}
     return Merged(first["spec"], tuple(found), header, arrays)
 

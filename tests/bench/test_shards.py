@@ -130,6 +130,13 @@ def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
             shards.merge(spec, tmp_path)
     else:
         assert shards.merge(spec, tmp_path).n == 20
+    other = shards.load_shard(paths[1])  # shards from another code version merge, and the merge says so
+    restored = {k: v for k, v in shards.load_shard(paths[0])["header"].items() if k in ("onednn", "isa")}
+    other["header"].update(restored, code_version="0123456789ab")
+    shards.save_shard(paths[1], other)
+    merged = shards.merge(spec, tmp_path)
+    assert merged.n == 20 and len(merged.header["code_versions"]) == 2
+    assert "0123456789ab" in merged.header["code_versions"]
     with pytest.raises(shards.ShardError, match="no finished shard"):
         shards.merge(shards.ShardSpec("other", spec.attack, shard_images=10), tmp_path)
 

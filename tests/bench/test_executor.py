@@ -1,0 +1,93 @@
+"""Shards and cases as jobs of submitit's local executor: the same files as the serial path, requeue and resume
+after a preemption, one clear failure for a bad configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kafrob.attacks.pgd import PGDConfig
+from kafrob.bench import executor as ex
+from kafrob.bench import shards
+from kafrob.bench.run import load_named_model, run_shards
+from kafrob.data import load_cifar10
+
+CPU = ex.Resources(cpus=1, timeout_min=10)
+
+
+def _plan(model_path, n_shards, iterations=5):
+    specs = [shards.ShardSpec(str(model_path), PGDConfig(iterations=iterations, restarts=1, label_mode=m),
+                              shard_images=10) for m in ("predicted", "true")]
+    return specs, [(s, k) for k in range(n_shards) for s in specs]
+
+
+def _serial(plan, root, data_dir):
+    run_shards(plan, root, load_model=load_named_model, load_data=lambda: load_cifar10(data_dir),
+               progress=lambda _: None)
+
+
+def _same(specs, a, b):
+    for spec in specs:
+        ma, mb = shards.merge(spec, a), shards.merge(spec, b)
+        assert ma.shards == mb.shards
+        for field in shards.FIELDS:
+            np.testing.assert_array_equal(ma.arrays[field], mb.arrays[field])
+
+
+def test_local_jobs_end_in_the_same_files_as_the_serial_path(tiny, tmp_path):
+    data_dir, model_path = tiny
+    specs, plan = _plan(model_path, 4)
+    _serial(plan, tmp_path / "serial", data_dir)
+    jobs = ex.shard_jobs(plan, 2, tmp_path / "jobs-out", str(data_dir))
+    assert len(jobs) == 2 and {k for _, k in jobs[0].plan} == {0, 2}  # each job: both label modes of its shards
+    lines = []
+    report = ex.wait(ex.submit(jobs, ex.Engine.LOCAL, tmp_path / "logs", CPU), poll_s=1, progress=lines.append)
+    assert report.failures == [] and len(report.results) == 2
+    assert lines[-1] == "kafrob: jobs 2 done, 0 running or queued, 0 failed of 2"
+    _same(specs, tmp_path / "serial", tmp_path / "jobs-out")
+
+
+def test_a_job_stopped_at_its_time_limit_is_requeued_and_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    """The time limit's signal (as Slurm sends before the limit, or on preemption) makes submitit checkpoint the
+    job and requeue it; the requeued job finds the finished shards and computes only the others."""
+    data_dir, model_path = tiny
+    specs, plan = _plan(model_path, 6, iterations=1500)  # seconds per shard: the limit falls mid-run
+    root = tmp_path / "out"
+    limited = ex.Resources(cpus=1, timeout_min=1, signal_delay_s=45, max_timeouts=5)  # signal after 15 s
+    (job,) = ex.submit([ex.ShardJob(plan, root, str(data_dir))], ex.Engine.LOCAL, tmp_path / "logs", limited)
+    report = ex.wait([job], poll_s=1, progress=lambda _: None)
+    assert report.failures == []
+    log = job.stdout() or ""
+    starts = [int(line.split("kafrob: ")[1].split(" of ")[0]) for line in log.splitlines() if " shards done, " in line]
+    assert len(starts) >= 2 and starts[0] == 0 and 0 < starts[1] < 12, log  # requeued, resumed mid-plan
+    assert "Requeued job" in (job.stderr() or "") + log
+    _serial(plan, tmp_path / "serial", data_dir)
+    _same(specs, tmp_path / "serial", root)
+
+
+def test_a_bad_configuration_fails_once_with_its_error(tiny, tmp_path):
+    data_dir, _ = tiny
+    _, plan = _plan(tmp_path / "missing.keras", 1)
+    report = ex.wait(ex.submit([ex.ShardJob(plan, tmp_path / "out", str(data_dir))], ex.Engine.LOCAL,
+                               tmp_path / "logs", CPU), poll_s=1, progress=lambda _: None)
+    assert len(report.failures) == 1 and "no model at" in report.failures[0] and "missing.keras" in report.failures[0]
+
+
+def test_cases_as_local_jobs_measure_what_the_serial_path_measures(tmp_path, monkeypatch):
+    """One smoke-tier case run in this process and as a submitit job: the same stored Measurement."""
+    from conftest import write_batch
+
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", 120, i)  # 60 per class in all: the smoke tier takes 50
+    write_batch(folder / "test_batch", 100, 0)
+    data_dir = str(tmp_path / "data")
+    monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path / "serial"))
+    serial = ex.CaseJob("vgg-relu", "smoke", data_dir=data_dir, runs_dir=str(tmp_path / "serial"))()
+    job = ex.CaseJob("vgg-relu", "smoke", data_dir=data_dir, runs_dir=str(tmp_path / "jobs"))
+    report = ex.wait(ex.submit([job], ex.Engine.LOCAL, tmp_path / "logs", CPU), poll_s=1, progress=lambda _: None)
+    assert report.failures == [] and len(report.results) == 1
+    measured = report.results[0]["measurement"]
+    for key in ("clean_accuracy", "robust_accuracy", "n_clean", "n_robust", "train_loss"):
+        assert measured[key] == serial["measurement"][key], key
+    assert (tmp_path / "jobs" / "measurements" / "smoke" / "vgg-relu.json").is_file()
