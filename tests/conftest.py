@@ -36,6 +36,17 @@ def synthetic_cifar(tmp_path) -> Path:
 
 
 @pytest.fixture
+def smoke_sized_data(tmp_path) -> Path:
+    """A data folder with 600 training images (60 per class: the smoke tier takes 50) and 100 test images."""
+    folder = tmp_path / "smoke-data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(folder / f"data_batch_{i}", 120, i)
+    write_batch(folder / "test_batch", 100, 0)
+    return folder.parent
+
+
+@pytest.fixture
 def tiny(tmp_path):
     """A 100-image CIFAR-like test set (10 per class) and a small trained-enough Keras model file."""
     folder = tmp_path / "data" / "cifar-10-batches-py"

@@ -49,5 +49,30 @@ def art_apgd(model, x, y, config: PGDConfig, seed: int) -> np.ndarray:
     return art_attack(model, x, y, config, seed, "apgd")
 
 
+def art_counterpart(model: keras.Model, x: np.ndarray, y: np.ndarray, config, seed: int) -> np.ndarray:
+    """ART's attack matching one of ours, with matched parameters, for the cross-checks: APGD (cross-entropy or
+    DLR; first step 2*eps as ours and the paper's, ART's default being eps_step) and Square. Returns x_adv."""
+    from art.attacks.evasion import AutoProjectedGradientDescent, SquareAttack
+
+    from kafrob.attacks.apgd import APGDConfig, Loss
+    from kafrob.attacks.square import SquareConfig
+
+    classifier = art_classifier(model)
+    if isinstance(config, APGDConfig) and config.loss in (Loss.CE, Loss.DLR):
+        loss = "cross_entropy" if config.loss is Loss.CE else "difference_logits_ratio"
+        attack = AutoProjectedGradientDescent(classifier, norm=np.inf, eps=config.eps, eps_step=2 * config.eps,
+                                              max_iter=config.iterations, nb_random_init=config.restarts,
+                                              loss_type=loss, batch_size=len(x), verbose=False)
+    elif isinstance(config, SquareConfig):
+        attack = SquareAttack(classifier, norm=np.inf, eps=config.eps, max_iter=config.queries, p_init=config.p_init,
+                              nb_restarts=1, batch_size=len(x), verbose=False)
+    else:
+        raise ValueError(f"ART has no counterpart of {config}")
+    np.random.seed(seed % 2**32)
+    tf.random.set_seed(seed)
+    labels = None if config.label_mode == "predicted" else np.asarray(y, np.int64)
+    return attack.generate(x=np.asarray(x, np.float32), y=labels).astype(np.float32)
+
+
 def art_fooled(model, x_adv, y_attack) -> np.ndarray:
     return predict(model, tf.constant(x_adv)).numpy() != np.asarray(y_attack)

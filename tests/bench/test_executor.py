@@ -50,9 +50,9 @@ def test_a_job_stopped_at_its_time_limit_is_requeued_and_resumes_to_the_uninterr
     """The time limit's signal (as Slurm sends before the limit, or on preemption) makes submitit checkpoint the
     job and requeue it; the requeued job finds the finished shards and computes only the others."""
     data_dir, model_path = tiny
-    specs, plan = _plan(model_path, 6, iterations=1500)  # seconds per shard: the limit falls mid-run
+    specs, plan = _plan(model_path, 6, iterations=4000)  # several seconds per shard: the limit falls mid-run
     root = tmp_path / "out"
-    limited = ex.Resources(cpus=1, timeout_min=1, signal_delay_s=45, max_timeouts=5)  # signal after 15 s
+    limited = ex.Resources(cpus=1, timeout_min=2, signal_delay_s=80, max_timeouts=5)  # signal 40 s after each start
     (job,) = ex.submit([ex.ShardJob(plan, root, str(data_dir))], ex.Engine.LOCAL, tmp_path / "logs", limited)
     report = ex.wait([job], poll_s=1, progress=lambda _: None)
     assert report.failures == []
@@ -72,16 +72,9 @@ def test_a_bad_configuration_fails_once_with_its_error(tiny, tmp_path):
     assert len(report.failures) == 1 and "no model at" in report.failures[0] and "missing.keras" in report.failures[0]
 
 
-def test_cases_as_local_jobs_measure_what_the_serial_path_measures(tmp_path, monkeypatch):
+def test_cases_as_local_jobs_measure_what_the_serial_path_measures(smoke_sized_data, tmp_path, monkeypatch):
     """One smoke-tier case run in this process and as a submitit job: the same stored Measurement."""
-    from conftest import write_batch
-
-    folder = tmp_path / "data" / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for i in range(1, 6):
-        write_batch(folder / f"data_batch_{i}", 120, i)  # 60 per class in all: the smoke tier takes 50
-    write_batch(folder / "test_batch", 100, 0)
-    data_dir = str(tmp_path / "data")
+    data_dir = str(smoke_sized_data)
     monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path / "serial"))
     serial = ex.CaseJob("vgg-relu", "smoke", data_dir=data_dir, runs_dir=str(tmp_path / "serial"))()
     job = ex.CaseJob("vgg-relu", "smoke", data_dir=data_dir, runs_dir=str(tmp_path / "jobs"))
