@@ -329,12 +329,13 @@ def cmd_regenerate(args) -> int:
     benchmark run's; the checkpoints tier's come from the stored evaluation."""
     from kafrob.bench.run import run_case
     from kafrob.bench.shards import released_measurement
-    from kafrob.bench.store import load_measurements, write_references
+    from kafrob.bench.store import common_environment, load_measurements, write_references
     from kafrob.bench.tiers import Source, get_tier
     from kafrob.data import load_cifar10
 
     tier = get_tier(args.tier)
     cases = tier.cases()
+    env = None
     if tier.source is Source.THESIS_CHECKPOINT:
         measurements = [released_measurement(e.activation) for e in cases]
     elif args.from_measurements:
@@ -343,10 +344,14 @@ def cmd_regenerate(args) -> int:
         if missing:
             print(f"no {tier.name} measurement of {', '.join(missing)} (run the benchmark first)", file=sys.stderr)
             return 1
+        env = common_environment(tier)  # e.g. cluster jobs: one arithmetic, or refused
+        if len(env["code_versions"]) > 1:
+            print(f"kafrob: warning: measurements from code versions {', '.join(env['code_versions'])}",
+                  file=sys.stderr)
     else:
         data = load_cifar10(args.data_dir)
         measurements = [run_case(e, tier, data) for e in cases]  # any failure raises before anything is written
-    for path in write_references(measurements, tier):
+    for path in write_references(measurements, tier, env):
         _print(f"wrote {path}")
     return 0
 

@@ -79,6 +79,7 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, row: dict) -> Measurement:
+        row = {k: v for k, v in row.items() if k != "recorded"}
         return cls(**{**row, "clean_interval": tuple(row["clean_interval"]),
                       "robust_interval": tuple(row["robust_interval"])})
 
@@ -88,7 +89,31 @@ def measurement_path(tier_name: str, case: str) -> Path:
 
 
 def save_measurement(m: Measurement) -> Path:
-    return atomic.write_json(measurement_path(m.tier, m.case), m.to_dict())
+    """With the environment and code version that computed it (``recorded``): measurements made on several machines
+    (cluster jobs) are combined only under one arithmetic (``common_environment``)."""
+    recorded = {"code_version": code_version(), **environment()}
+    return atomic.write_json(measurement_path(m.tier, m.case), {**m.to_dict(), "recorded": recorded})
+
+
+def common_environment(tier: Tier) -> dict:
+    """The environment of the tier's stored measurements; refused if their arithmetic differs, the code versions
+    listed (several are flagged in the reference file, not refused)."""
+    folder = measurement_path(tier.name, "x").parent
+    recorded = {p.stem: json.loads(p.read_text()).get("recorded") for p in sorted(folder.glob("*.json"))}
+    missing = sorted(case for case, r in recorded.items() if r is None)
+    if missing:
+        raise ValueError(f"measurements of {', '.join(missing)} record no environment (made by an older kafrob); "
+                         f"run them again")
+    keys = {case: arithmetic.results_key(r) for case, r in recorded.items()}
+    first_case, first = next(iter(keys.items()))
+    differ = [case for case, key in keys.items() if key != first]
+    if differ:
+        raise ValueError(f"measurements of {', '.join(differ)} were computed under another arithmetic than "
+                         f"{first_case} ({arithmetic.label(recorded[differ[0]])} vs "
+                         f"{arithmetic.label(recorded[first_case])}); run them under one arithmetic")
+    env = dict(recorded[first_case])
+    env["code_versions"] = sorted({r["code_version"] for r in recorded.values()})
+    return env
 
 
 def load_measurements(tier: Tier) -> list[Measurement]:
@@ -111,13 +136,14 @@ def reference(tier: Tier) -> dict:
     return json.loads(path.read_text())
 
 
-def write_references(measurements: list[Measurement], tier: Tier) -> list[Path]:
-    """All reference files of a tier, each written atomically, only once every case has succeeded."""
+def write_references(measurements: list[Measurement], tier: Tier, env: dict | None = None) -> list[Path]:
+    """All reference files of a tier, each written atomically, only once every case has succeeded; ``env``: where
+    they were measured (default: this process)."""
     from kafrob.bench.report import results_table, scatter_png
 
     against = tier.reference is Reference.THESIS  # a suite reference is these numbers: nothing to compare
     stem = REFERENCE_DIR / tier.name
-    payload = {"tier": tier.name, "environment": environment(), "attack": tier.attack.__dict__,
+    payload = {"tier": tier.name, "environment": env or environment(), "attack": tier.attack.__dict__,
                "tolerance_points": tier.tolerance, "results": {m.case: m.to_dict() for m in measurements}}
     title = f"kafrob {tier.name} tier ({payload['environment']['device']})"
     png = scatter_png(measurements, tier, title, reference_points=against)

@@ -45,6 +45,27 @@ def test_measurements_round_trip_in_table_order(tmp_path, monkeypatch):
     assert loaded[0] == _measurement("vgg-relu")
 
 
+def test_measurements_from_several_machines_combine_only_under_one_arithmetic(tmp_path, monkeypatch):
+    """As cluster jobs leave them: each measurement records its environment; another arithmetic is refused, another
+    code version flagged."""
+    import json
+
+    monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path))
+    tier = get_tier("smoke")
+    paths = [store.save_measurement(_measurement(case)) for case in ("vgg-relu", "resnet20-kaf")]
+    env = store.common_environment(tier)
+    assert env["code_versions"] == [store.code_version()] and env["tensorflow"]
+    row = json.loads(paths[1].read_text())
+    row["recorded"]["code_version"] = "0123456789ab"
+    paths[1].write_text(json.dumps(row))
+    assert len(store.common_environment(tier)["code_versions"]) == 2
+    row["recorded"].update(onednn=not row["recorded"]["onednn"], isa=["avx512f"])
+    paths[1].write_text(json.dumps(row))
+    with pytest.raises(ValueError, match="vgg-relu were computed under another arithmetic than resnet20-kaf"):
+        store.common_environment(tier)
+    assert store.load_measurements(tier)[1] == _measurement("resnet20-kaf")  # the record does not disturb loading
+
+
 def test_trained_model_cache_key_follows_the_code(tmp_path):
     (tmp_path / "kaf.py").write_text("GAMMA = 1\n")
     (tmp_path / "models").mkdir()
