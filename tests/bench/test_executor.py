@@ -84,3 +84,35 @@ def test_cases_as_local_jobs_measure_what_the_serial_path_measures(smoke_sized_d
     for key in ("clean_accuracy", "robust_accuracy", "n_clean", "n_robust", "train_loss"):
         assert measured[key] == serial["measurement"][key], key
     assert (tmp_path / "jobs" / "measurements" / "smoke" / "vgg-relu.json").is_file()
+
+
+def test_slurm_jobs_request_what_each_job_needs(tmp_path, monkeypatch):
+    """The sbatch script submitit writes for a full-tier case (no Slurm here: a stand-in srun satisfies its check)."""
+    import os
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    request = ex.Resources(**{**ex.FULL_CASE.__dict__, "partition": "gpu"})
+    script = ex.executor(ex.Engine.SLURM, tmp_path / "logs", request)._executor._make_submission_file_text("cmd", "u")
+    for line in ("--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=240", "--partition=gpu",
+                 "--signal=USR2@90"):
+        assert f"#SBATCH {line}\n" in script, script
+
+
+def test_kafrob_submit_runs_a_tiers_cases_as_local_jobs(smoke_sized_data, tmp_path):
+    """`kafrob submit` as the README shows it, in a child process, with the local executor."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KAFROB_RUNS_DIR": str(tmp_path / "runs"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-m", "kafrob.cli", "submit", "--tier", "smoke", "--cases", "vgg-relu",
+                          "--executor", "local", "--jobs-dir", str(tmp_path / "logs"), "--data-dir",
+                          str(smoke_sized_data)], env=env, capture_output=True, text=True)
+    summary = json.loads(out.stdout)
+    assert summary["cases"] == summary["finished"] == 1 and summary["job_failures"] == [], out.stderr[-2000:]
+    assert (tmp_path / "runs" / "measurements" / "smoke" / "vgg-relu.json").is_file()
+    assert "jobs 1 done, 0 running or queued, 0 failed of 1" in out.stderr
