@@ -1,4 +1,4 @@
-"""`kafrob train | evaluate | submit | merge | verdict | lr-find | sanity | table | regenerate`.
+"""`kafrob train | evaluate | submit | merge | gap | verdict | lr-find | sanity | table | regenerate`.
 
 Results (JSON, tables) go to standard output; progress and warnings to standard error.
 """
@@ -227,6 +227,33 @@ def cmd_submit(args) -> int:
     return 0 if not report.failures and not failed else 1
 
 
+def cmd_gap(args) -> int:
+    """PGD (the thesis's attack) against a stronger attack on the same stored images, per model and label mode."""
+    from kafrob.bench.gap import attack_gap, gap_table
+    from kafrob.bench.shards import ShardSpec, merge
+
+    root, gaps = Path(args.shards_dir), []
+    for model in args.checkpoint:
+        for labels in args.labels:
+            pgd = ShardSpec(model, _attack_config(args, labels), args.seed, args.shard_images)
+            strong = ShardSpec(model, dataclasses.replace(_stronger(args), label_mode=labels), args.seed,
+                               args.shard_images)
+            gaps.append(attack_gap(merge(pgd, root), merge(strong, root)))
+    table = gap_table(gaps, f"PGD-{args.iterations}x{args.restarts}", args.stronger)
+    if args.out:
+        from kafrob import atomic
+
+        atomic.write_text(Path(args.out), table + "\n")
+    _print(table)
+    return 0
+
+
+def _stronger(args):
+    from kafrob.attacks import named
+
+    return named(args.stronger)
+
+
 def cmd_merge(args) -> int:
     from kafrob.bench.shards import merge
 
@@ -408,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards-dir", required=True)
     p.add_argument("--out", default=None, help="stem of the .md/.png (default reference_results/checkpoints_verdict)")
     p.set_defaults(func=cmd_verdict, labels=["predicted", "true"])
+    p = sub.add_parser("gap", help="PGD against a stronger attack (AutoAttack) on the same stored images, per example")
+    _add_eval_args(p)
+    p.add_argument("--stronger", default="autoattack")
+    p.add_argument("--shards-dir", required=True)
+    p.add_argument("--out", default=None, help="write the table (markdown) here too")
+    p.set_defaults(func=cmd_gap, attack="pgd")
     p = sub.add_parser("merge", help="assemble the finished shards of sharded evaluations")
     _add_eval_args(p)
     p.add_argument("--shards-dir", required=True)

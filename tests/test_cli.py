@@ -16,7 +16,7 @@ from kafrob.bench import store
 from kafrob.bench.cases import EXPERIMENTS
 from kafrob.bench.tiers import TIERS
 
-SUBCOMMANDS = ("train", "evaluate", "submit", "verdict", "merge", "lr-find", "sanity", "table", "regenerate")
+SUBCOMMANDS = ("train", "evaluate", "submit", "gap", "verdict", "merge", "lr-find", "sanity", "table", "regenerate")
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -177,6 +177,7 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
     header["seconds"] = sum(s["header"]["seconds"] for s in loaded)
     # recorded, not compared (the checkpoints tier re-computes a stored shard); several are flagged by the CLI
     header["code_versions"] = sorted({str(s["header"].get("code_version")) for s in loaded})
+    header["masking"] = [batch for s in loaded for batch in s["header"].get("masking", [])]  # AutoAttack's flags
     arrays = {f: np.concatenate([s[f] for s in loaded]) for f in FIELDS}
     return Merged(first["spec"], tuple(found), header, arrays)
 

@@ -66,8 +66,9 @@ TIERS: dict[str, Tier] = {
     "smoke": Tier("smoke", Source.TRAIN, Reference.SUITE, PGDConfig(iterations=3, restarts=1), tolerance=3.0,
                   train_per_class=50, epochs=1, decay_epochs=0, overfitting_monitor_images=0, test_images=100,
                   clean_images=100, batch_size=32, train_xla=False, attack_xla=False, lr_bounds=(0.001, 0.05)),
-    # The thesis protocol on all 50,000 training images compressed to about an hour of 2 CPU cores per row:
-    # ResNet20's 80 + 20 epochs (one cycle, then 0.01 halved every 4) scaled to 10 + 2 (halved after 1).
+    # The thesis protocol on all 50,000 training images compressed for 2 CPU cores: ResNet20's 80 + 20 epochs (one
+    # cycle, then 0.01 halved every 4) scaled to 10 + 2 (halved after 1). A ResNet20-ReLU epoch took 725-837 s
+    # with the cores shared with other jobs (Intel Xeon, 2026-11-26): about 2.5 hours per row, resumable per epoch.
     # References are this suite's stored models and measurements (reference_results/short/).
     "short": Tier("short", Source.TRAIN, Reference.SUITE, PGDConfig(iterations=50, restarts=10, label_mode="predicted"),
                   epochs=10, decay_epochs=2, decay_every=1, test_images=1000),

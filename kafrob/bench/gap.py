@@ -1,0 +1,58 @@
+"""The gap between two attacks on the same images, per example: how much robustness a weaker attack (the thesis's
+PGD-50x10) overstates against a stronger one (AutoAttack), from their merged shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tabulate import tabulate
+
+from kafrob.bench.shards import Merged
+from kafrob.stats import wilson_interval
+
+
+@dataclass(frozen=True)
+class Gap:
+    model: str
+    label_mode: str
+    n: int  # images both attacks cover
+    weaker_robust: float  # accuracy under the weaker attack, against the true labels
+    stronger_robust: float
+    only_stronger_fooled: int  # robust under the weaker attack, not under the stronger one
+    only_weaker_fooled: int  # the other way round (a sign that the stronger attack is not stronger here)
+    masking: tuple[str, ...]  # the stronger attack's gradient-masking flags that fired, per batch
+
+    @property
+    def points(self) -> float:
+        """Percentage points the weaker attack overstates robust accuracy by."""
+        return 100 * (self.weaker_robust - self.stronger_robust)
+
+
+def attack_gap(weaker: Merged, stronger: Merged) -> Gap:
+    """Compare on the images both cover (their shards need not be the same ones)."""
+    if weaker.spec["model"] != stronger.spec["model"]:
+        raise ValueError(f"different models: {weaker.spec['model']} vs {stronger.spec['model']}")
+    common, iw, is_ = np.intersect1d(weaker.arrays["index"], stronger.arrays["index"], return_indices=True)
+    if not len(common):
+        raise ValueError(f"{weaker.spec['model']}: the two evaluations share no image")
+    robust_w = weaker.robust_correct[iw]
+    robust_s = stronger.robust_correct[is_]
+    masking = tuple(line for batch in stronger.header.get("masking", []) for line in batch.get("raised", []))
+    return Gap(weaker.spec["model"], stronger.spec["attack"]["label_mode"], len(common), float(robust_w.mean()),
+               float(robust_s.mean()), int(np.sum(robust_w & ~robust_s)), int(np.sum(~robust_w & robust_s)), masking)
+
+
+def gap_table(gaps: list[Gap], weaker: str, stronger: str) -> str:
+    def ci(accuracy: float, n: int) -> str:
+        return "[{:.1f}, {:.1f}]".format(*(100 * v for v in wilson_interval(round(accuracy * n), n)))
+
+    rows = []
+    for g in gaps:
+        rows.append([g.model, g.label_mode, g.n, f"{100 * g.weaker_robust:.2f} {ci(g.weaker_robust, g.n)}",
+                     f"{100 * g.stronger_robust:.2f} {ci(g.stronger_robust, g.n)}", f"{g.points:+.2f}",
+                     g.only_stronger_fooled,
+                     g.only_weaker_fooled, "; ".join(g.masking) or "none"])
+    headers = ["model", "labels", "n", f"{weaker} robust % [95% CI]", f"{stronger} robust % [95% CI]",
+               "gap (points)", f"fooled by {stronger} only", f"fooled by {weaker} only", "masking flags"]
+    return tabulate(rows, headers=headers, tablefmt="github")

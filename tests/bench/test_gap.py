@@ -1,0 +1,32 @@
+"""PGD against AutoAttack on the same stored images, per example."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kafrob import cli
+from kafrob.attacks import named
+from kafrob.bench import gap, shards
+
+
+def test_gap_counts_per_example_on_the_common_images(tiny, tmp_path, capsys):
+    data_dir, model_path = tiny
+    root = tmp_path / "shards"
+    common = ["evaluate", "--checkpoint", str(model_path), "--labels", "true", "--shard-images", "10",
+              "--data-dir", str(data_dir), "--shards-dir", str(root)]
+    assert cli.main([*common, "--n", "20", "--iterations", "1", "--restarts", "1"]) == 0  # 2 shards of PGD
+    assert cli.main([*common, "--n", "10", "--attack", "autoattack"]) == 0  # 1 shard of AutoAttack
+    capsys.readouterr()
+    pgd = named("pgd", iterations=1, restarts=1)
+    weak = shards.merge(shards.ShardSpec(str(model_path), pgd, shard_images=10), root)
+    strong = shards.merge(shards.ShardSpec(str(model_path), named("autoattack"), shard_images=10), root)
+    g = gap.attack_gap(weak, strong)
+    assert g.n == 10  # the images both cover
+    w, s = weak.robust_correct[:10], strong.robust_correct
+    assert (g.only_stronger_fooled, g.only_weaker_fooled) == (int(np.sum(w & ~s)), int(np.sum(~w & s)))
+    assert g.points == 100 * (w.mean() - s.mean())
+    out = tmp_path / "gap.md"
+    assert cli.main(["gap", "--checkpoint", str(model_path), "--labels", "true", "--shard-images", "10",
+                     "--iterations", "1", "--restarts", "1", "--shards-dir", str(root), "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "PGD-1x1 robust" in table and "autoattack robust" in table and table.strip() == out.read_text().strip()
