@@ -203,11 +203,9 @@ def cmd_evaluate_shards(args) -> int:
 
 def _resources(args, default):
     """The per-job request: the defaults for this kind of job, overridden by the command line."""
-    import dataclasses as dc
-
     given = {"gpus": args.gpus_per_job, "cpus": args.cpus_per_job, "mem_gb": args.mem_gb,
              "timeout_min": args.timeout_min, "partition": args.partition}
-    return dc.replace(default, **{k: v for k, v in given.items() if v is not None})
+    return dataclasses.replace(default, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_submit(args) -> int:
@@ -229,15 +227,16 @@ def cmd_submit(args) -> int:
 
 def cmd_gap(args) -> int:
     """PGD (the thesis's attack) against a stronger attack on the same stored images, per model and label mode."""
+    from kafrob.attacks import named
     from kafrob.bench.gap import attack_gap, gap_table
     from kafrob.bench.shards import ShardSpec, merge
 
     root, gaps = Path(args.shards_dir), []
     for model in args.checkpoint:
         for labels in args.labels:
-            pgd = ShardSpec(model, _attack_config(args, labels), args.seed, args.shard_images)
-            strong = ShardSpec(model, dataclasses.replace(_stronger(args), label_mode=labels), args.seed,
-                               args.shard_images)
+            pgd = ShardSpec(model, named("pgd", iterations=args.iterations, restarts=args.restarts, label_mode=labels),
+                            args.seed, args.shard_images)
+            strong = ShardSpec(model, named(args.stronger, label_mode=labels), args.seed, args.shard_images)
             gaps.append(attack_gap(merge(pgd, root), merge(strong, root)))
     table = gap_table(gaps, f"PGD-{args.iterations}x{args.restarts}", args.stronger)
     if args.out:
@@ -246,12 +245,6 @@ def cmd_gap(args) -> int:
         atomic.write_text(Path(args.out), table + "\n")
     _print(table)
     return 0
-
-
-def _stronger(args):
-    from kafrob.attacks import named
-
-    return named(args.stronger)
 
 
 def cmd_merge(args) -> int:
@@ -398,6 +391,7 @@ def _add_executor_args(p, unit: str, engines: tuple[str, ...] = ("serial", "loca
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kafrob.attacks import NAMED
     from kafrob.bench.cases import BY_ID
     from kafrob.bench.tiers import TIERS
 
@@ -437,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_verdict, labels=["predicted", "true"])
     p = sub.add_parser("gap", help="PGD against a stronger attack (AutoAttack) on the same stored images, per example")
     _add_eval_args(p)
-    p.add_argument("--stronger", default="autoattack")
+    p.add_argument("--stronger", default="autoattack", choices=[n for n in NAMED if n != "pgd"])
     p.add_argument("--shards-dir", required=True)
     p.add_argument("--out", default=None, help="write the table (markdown) here too")
     p.set_defaults(func=cmd_gap, attack="pgd")

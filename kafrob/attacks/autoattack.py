@@ -81,7 +81,7 @@ class AutoAttackOutcome(Outcome):
     flags: MaskingFlags | None = field(default=None)
 
 
-ATTACKS = (apgd_attack, apgd_attack, fab_attack, square_attack)
+RUNNERS = (apgd_attack, apgd_attack, fab_attack, square_attack)  # one per COMPONENTS entry
 
 
 def autoattack(model: keras.Model, x, y_attack, config: AutoAttackConfig = AutoAttackConfig(), *, seed: int = 0,
@@ -94,7 +94,7 @@ def autoattack(model: keras.Model, x, y_attack, config: AutoAttackConfig = AutoA
     best, first = x.copy(), np.full(len(x), -1, np.int32)
     first[predict(model, tf.constant(x)).numpy() != y_attack] = 0  # wrong already: no attack needed
     bad_start = np.zeros(len(x), bool)
-    for stage, (attack, sub) in enumerate(zip(ATTACKS, config.components(), strict=True)):
+    for stage, (attack, sub) in enumerate(zip(RUNNERS, config.components(), strict=True)):
         todo = np.flatnonzero(first < 0)
         if not len(todo):
             break
