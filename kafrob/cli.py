@@ -170,23 +170,14 @@ def _merged_summary(merged) -> dict:
 
 def cmd_evaluate_shards(args) -> int:
     """Sharded, resumable: shard-major over every model and label mode, so all rows cover the same images."""
-    from kafrob.bench.run import run_shards
+    from kafrob.bench import executor as ex
     from kafrob.bench.shards import merge, shards_for
-    from kafrob.data import load_cifar10
 
     specs, root = _specs(args), Path(args.shards_dir)
-    models: dict = {}
-
-    def load(spec_model):
-        if spec_model not in models:
-            models.clear()  # one model in memory at a time
-            models[spec_model] = _load_model(spec_model)
-        return models[spec_model]
-
     plan = [(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs]
-    if args.executor != "serial":
-        from kafrob.bench import executor as ex
-
+    if args.executor == "serial":  # the same job, in this process
+        ex.ShardJob(plan, root, args.data_dir, recompute=args.recompute)()
+    else:
         if args.recompute:
             raise ValueError("--recompute runs in this process only (--executor serial)")
         jobs = ex.shard_jobs(plan, args.jobs, root, args.data_dir)
@@ -194,9 +185,6 @@ def cmd_evaluate_shards(args) -> int:
                          progress=lambda line: print(line, file=sys.stderr, flush=True))
         if report.failures:
             raise RuntimeError("; ".join(report.failures))
-    else:
-        run_shards(plan, root, load_model=load, load_data=lambda: load_cifar10(args.data_dir),
-                   recompute=args.recompute, progress=lambda line: print(line, file=sys.stderr, flush=True))
     _print(json.dumps([_merged_summary(merge(s, root)) for s in specs], indent=2))
     return 0
 

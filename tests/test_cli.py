@@ -12,6 +12,7 @@ import pytest
 
 from kafrob import cli
 from kafrob.activations import ACTIVATIONS
+from kafrob.bench import run as bench_run
 from kafrob.bench import store
 from kafrob.bench.cases import EXPERIMENTS
 from kafrob.bench.tiers import TIERS
@@ -114,7 +115,7 @@ def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monke
     import keras
 
     data_dir, model_path = tiny
-    monkeypatch.setattr(cli, "_load_model", lambda spec: keras.saving.load_model(model_path))
+    monkeypatch.setattr(bench_run, "load_named_model", lambda spec: keras.saving.load_model(model_path))
     shards_dir = tmp_path / "shards"
     common = ["--labels", "predicted", "true", "--shard-images", "10", "--iterations", "2", "--restarts", "2",
               "--shards-dir", str(shards_dir)]

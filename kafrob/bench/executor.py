@@ -4,6 +4,9 @@ local processes elsewhere, or this process (serial).
 Two kinds of job, both resumable by construction, so a preempted or timed-out job is requeued by submitit (its
 ``checkpoint`` hook: ``submitit.helpers.Checkpointable``) and continues where the files on disk say:
 
+submitit is imported only when jobs are submitted: its import reconfigures Python's logging (dictConfig), which
+closes the handlers already installed.
+
 * ``ShardJob``: evaluation shards (kafrob.bench.shards). Finished shards are files; a requeued job computes only
   the missing ones, so its merged result equals an uninterrupted run's.
 * ``CaseJob``: one tier case (train or load, evaluate, store the Measurement, judge). Training resumes from its
@@ -21,8 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-
-import submitit
 
 
 class Engine(StrEnum):
@@ -62,14 +63,25 @@ FULL_CASE = Resources(gpus=1, cpus=8, mem_gb=32, timeout_min=240)
 CPU_SHARD = Resources(gpus=0, cpus=2, mem_gb=8, timeout_min=120)
 
 
-class ShardJob(submitit.helpers.Checkpointable):
-    """Run the (spec, shard) pairs of ``plan`` that have no file under ``root`` yet."""
+class _Resumable:
+    """submitit calls ``checkpoint`` on preemption or at the time limit and requeues what it returns: the same
+    job, which resumes from what is on disk (submitit.helpers.Checkpointable, without importing submitit here)."""
 
-    def __init__(self, plan: Sequence, root: str | Path, data_dir: str | None = None):
-        self.plan, self.root, self.data_dir = list(plan), str(root), data_dir
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+class ShardJob(_Resumable):
+    """Run the (spec, shard) pairs of ``plan`` that have no file under ``root`` yet (all of them with
+    ``recompute``); one model in memory at a time. Progress lines go to standard output (a job's log)."""
+
+    def __init__(self, plan: Sequence, root: str | Path, data_dir: str | None = None, recompute: bool = False):
+        self.plan, self.root, self.data_dir, self.recompute = list(plan), str(root), data_dir, recompute
 
     def __call__(self) -> list[str]:
-        from kafrob.bench.run import load_named_model, run_shards
+        from kafrob.bench import run
         from kafrob.data import load_cifar10
 
         models: dict = {}
@@ -77,15 +89,16 @@ class ShardJob(submitit.helpers.Checkpointable):
         def load(name):
             if name not in models:
                 models.clear()
-                models[name] = load_named_model(name)
+                models[name] = run.load_named_model(name)
             return models[name]
 
-        paths = run_shards(self.plan, Path(self.root), load_model=load,
-                           load_data=lambda: load_cifar10(self.data_dir), progress=lambda line: print(line, flush=True))
+        paths = run.run_shards(self.plan, Path(self.root), load_model=load,
+                               load_data=lambda: load_cifar10(self.data_dir), recompute=self.recompute,
+                               progress=lambda line: print(line, flush=True))
         return [str(p) for p in paths]
 
 
-class CaseJob(submitit.helpers.Checkpointable):
+class CaseJob(_Resumable):
     """One tier case: ``kafrob.bench.run.benchmark`` (its Measurement goes to runs/measurements)."""
 
     def __init__(self, case: str, tier: str, seed: int = 0, data_dir: str | None = None,
@@ -108,8 +121,10 @@ class CaseJob(submitit.helpers.Checkpointable):
         return {"case": self.case, "measurement": measurement.to_dict(), "failures": failures}
 
 
-def executor(engine: Engine, folder: str | Path, resources: Resources) -> submitit.Executor:
+def executor(engine: Engine, folder: str | Path, resources: Resources):
     """submitit's executor for ``engine`` with ``resources`` (logs and pickles under ``folder``)."""
+    import submitit
+
     if engine is Engine.SERIAL:
         raise ValueError("the serial engine runs in this process; call the job instead of submitting it")
     if engine is Engine.LOCAL:

@@ -4,6 +4,7 @@ after a preemption, one clear failure for a bad configuration."""
 from __future__ import annotations
 
 import numpy as np
+import submitit  # noqa: F401  (its import reconfigures logging, closing open handlers: do it at collection)
 
 from kafrob.attacks.pgd import PGDConfig
 from kafrob.bench import executor as ex
