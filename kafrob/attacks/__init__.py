@@ -16,11 +16,10 @@ import dataclasses
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from kafrob.attacks.apgd import APGDConfig, Loss, apgd_attack
 from kafrob.attacks.autoattack import AutoAttackConfig, autoattack
-from kafrob.attacks.common import Outcome, predict
+from kafrob.attacks.common import Outcome, attacked_labels
 from kafrob.attacks.fab import FABConfig, fab_attack
 from kafrob.attacks.pgd import PGDConfig, pgd_restarts
 from kafrob.attacks.square import SquareConfig, square_attack
@@ -79,5 +78,5 @@ def attack(model: keras.Model, x, y, config: AttackConfig, *, seed: int = 0, ids
     if type(config) not in RUNNERS:
         raise TypeError(f"not an attack configuration: {config!r}; known: {', '.join(NAMED)}")
     x = np.asarray(x, np.float32)
-    y_attack = predict(model, tf.constant(x)).numpy() if config.label_mode == "predicted" else np.asarray(y)
-    return RUNNERS[type(config)](model, x, y_attack, config, seed=seed, ids=ids, jit_compile=jit_compile)
+    return RUNNERS[type(config)](model, x, attacked_labels(model, x, y, config.label_mode), config, seed=seed,
+                                 ids=ids, jit_compile=jit_compile)

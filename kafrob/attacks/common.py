@@ -43,6 +43,11 @@ def predict(model: keras.Model, x: tf.Tensor) -> tf.Tensor:
     return tf.argmax(logits(model, x), -1, output_type=tf.int32)
 
 
+def attacked_labels(model: keras.Model, x: np.ndarray, y, label_mode: str) -> np.ndarray:
+    """What an attack attacks: the true labels, or the model's clean predictions (label_mode "predicted")."""
+    return predict(model, tf.constant(x)).numpy() if label_mode == "predicted" else np.asarray(y)
+
+
 def cross_entropy_each(labels: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
     """Per-example softmax cross-entropy of float32 logits ``z``."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),

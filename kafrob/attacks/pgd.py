@@ -14,7 +14,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob.attacks.common import check_label_mode, cross_entropy, logits, predict, random_starts, signed_step
+from kafrob.attacks.common import (
+    attacked_labels,
+    check_label_mode,
+    cross_entropy,
+    logits,
+    predict,
+    random_starts,
+    signed_step,
+)
 
 
 @dataclass(frozen=True)
@@ -110,7 +118,7 @@ def pgd_attack(model: keras.Model, x, y, config: PGDConfig = PGDConfig(), *, see
     earlier restarts did not fool (``pgd_restarts``).
     """
     x = np.asarray(x, np.float32)
-    y_attack = predict(model, tf.constant(x)).numpy() if config.label_mode == "predicted" else np.asarray(y)
+    y_attack = attacked_labels(model, x, y, config.label_mode)
     x_adv, first = pgd_restarts(model, x, y_attack, config, seed=seed, jit_compile=jit_compile,
                                 on_restart=on_restart)
     return x_adv, first >= 0
