@@ -54,3 +54,16 @@ def quantised(linear) -> keras.Model:
     model = keras.Sequential([keras.Input(SHAPE), Quantise(), keras.layers.Flatten(), keras.layers.Dense(10)])
     model.layers[-1].set_weights([linear.w, linear.b])
     return model
+
+
+@pytest.fixture(scope="module")
+def first_images(cifar):
+    """``first_images(n)``: the first n test images of the stored evaluation order (kafrob.bench.shards) and labels."""
+    from kafrob.bench.shards import evaluation_order
+    from kafrob.data import to_float
+
+    def take(n: int):
+        idx = evaluation_order(cifar.y_test)[:n]
+        return to_float(cifar.x_test[idx]).numpy(), cifar.y_test[idx]
+
+    return take

@@ -11,24 +11,18 @@ import pytest
 from kafrob.attacks import attack, named
 from kafrob.attacks.art import art_counterpart
 from kafrob.attacks.common import predict
-from kafrob.bench.shards import evaluation_order
-from kafrob.data import to_float
 
 CASES = [("relu", "apgd-ce", 100), ("relu", "apgd-dlr", 100), ("relu", "square", 20), ("kaf_relu", "apgd-ce", 100)]
 
 
-def _images(cifar, n):
-    idx = evaluation_order(cifar.y_test)[:n]  # the stored evaluation's first images
-    return to_float(cifar.x_test[idx]).numpy(), cifar.y_test[idx]
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("activation", "name", "n"), CASES, ids=[f"{a}-{m}" for a, m, _ in CASES])
-def test_our_attack_matches_arts(shared_checkpoints, cifar, activation, name, n):
+def test_our_attack_matches_arts(shared_checkpoints, first_images, activation, name, n):
     from kafrob.checkpoints import load_thesis_model
 
     model = load_thesis_model(activation)
-    x, y = _images(cifar, n)
+    x, y = first_images(n)
     config = named(name)
     ours = ~attack(model, x, y, config, seed=0).fooled
     theirs = predict(model, art_counterpart(model, x, y, config, seed=0)).numpy() == y
