@@ -42,6 +42,7 @@ def pytest_report_header(config):
     data = os.environ.get(ENV_VAR) or "Keras cache / download"
     tolerance = ("the two samples' 95% half-width + the JPEG shift" if tier.source is Source.THESIS_CHECKPOINT
                  else f"{tier.tolerance} points + the 95% half-width" if tier.reference == "thesis"
+                 else f"floors {tier.floor_margin} points under the kept models'" if tier.reference == "floors"
                  else "from the measured spread")
     return [f"kafrob tier: {tier.name} (source: {tier.source}, reference: {tier.reference}, tolerance: {tolerance})",
             f"kafrob device: {env['device']}, precision: {precision}, data: {data}",

@@ -334,18 +334,30 @@ def cmd_table(args) -> int:
 
 def cmd_regenerate(args) -> int:
     """A tier's reference files from a complete set of measurements: re-measured (all or nothing), or the last
-    benchmark run's; the checkpoints tier's come from the stored evaluation."""
+    benchmark run's; the checkpoints tier's come from the stored evaluation, a floor tier's from its kept models."""
     from kafrob.bench.run import run_case
     from kafrob.bench.shards import released_measurement
     from kafrob.bench.store import common_environment, load_measurements, write_references
-    from kafrob.bench.tiers import Source, get_tier
+    from kafrob.bench.tiers import Reference, Source, get_tier
     from kafrob.data import load_cifar10
 
     tier = get_tier(args.tier)
-    cases = tier.cases()
+    cases = list(tier.cases())
     env = None
     if tier.source is Source.THESIS_CHECKPOINT:
         measurements = [released_measurement(e.activation) for e in cases]
+    elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
+        from kafrob.bench.trained import stored_measurement, stored_path
+
+        kept = [e for e in cases if stored_path(f"{tier.name}:{e.id}").is_file()]
+        for e in sorted(set(cases) - set(kept), key=cases.index):
+            print(f"left out {e.id}: no kept model (kafrob train --case {e.id} --tier {tier.name} --keep)",
+                  file=sys.stderr)
+        if not kept:
+            raise ValueError(f"no {tier.name} model is kept yet: train one with --keep, evaluate it into "
+                             f"reference_results/{tier.name}/shards")
+        data = load_cifar10(args.data_dir)
+        measurements = [stored_measurement(tier.name, e.id, data) for e in kept]
     elif args.from_measurements:
         measurements = load_measurements(tier)
         missing = sorted({e.id for e in cases} - {m.case for m in measurements})

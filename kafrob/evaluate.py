@@ -62,6 +62,13 @@ def test_indices(data: Cifar10, n: int | None, seed: int = 0) -> np.ndarray:
     return stratified_indices(data.y_test, n // 10, seed)
 
 
+def clean_correct(model: keras.Model, data: Cifar10, idx: np.ndarray | None = None, batch_size: int = 256):
+    """Per test image (all, or ``idx``): is the model's clean prediction right?"""
+    idx = np.arange(len(data.y_test)) if idx is None else idx
+    return np.concatenate([predict(model, to_float(data.x_test[idx[i:i + batch_size]])).numpy()
+                           == data.y_test[idx[i:i + batch_size]] for i in range(0, len(idx), batch_size)])
+
+
 def our_attack(model, x, y, config: AttackConfig, seed: int, jit_compile: bool | None = None) -> np.ndarray:
     return attack(model, x, y, config, seed=seed, jit_compile=jit_compile).x_adv
 
@@ -73,10 +80,7 @@ def evaluate(model: keras.Model, data: Cifar10, *, n: int | None = None, attack:
     (any kafrob.attacks configuration) on ``n``."""
     idx = test_indices(data, n, seed)
     clean_idx = idx if clean_n is None else test_indices(data, clean_n, seed)
-    clean_correct = np.concatenate([
-        predict(model, to_float(data.x_test[clean_idx[i:i + batch_size]])).numpy()
-        == data.y_test[clean_idx[i:i + batch_size]]
-        for i in range(0, len(clean_idx), batch_size)])
+    clean = clean_correct(model, data, clean_idx, batch_size)
     batches = range(0, len(idx), batch_size)
     bar = keras.utils.Progbar(len(idx), verbose=1 if progress else 0, unit_name="image")
     start = time.time()
@@ -89,12 +93,12 @@ def evaluate(model: keras.Model, data: Cifar10, *, n: int | None = None, attack:
         bar.add(len(y), [("robust", float(np.mean(np.concatenate(robust))))])
     seconds = time.time() - start
     robust_correct = np.concatenate(robust)
-    k_clean, k_rob = int(clean_correct.sum()), int(robust_correct.sum())
+    k_clean, k_rob = int(clean.sum()), int(robust_correct.sum())
     return EvalResult(
         n=len(idx), clean_accuracy=k_clean / len(clean_idx), robust_accuracy=k_rob / len(idx),
         clean_interval=wilson_interval(k_clean, len(clean_idx)), robust_interval=wilson_interval(k_rob, len(idx)),
         seconds=seconds, images_per_second=len(idx) / max(seconds, 1e-9), attack=dataclasses.asdict(attack),
-        backend=backend, clean_indices=clean_idx, clean_correct=clean_correct, indices=idx,
+        backend=backend, clean_indices=clean_idx, clean_correct=clean, indices=idx,
         robust_correct=robust_correct)
 
 

@@ -11,7 +11,7 @@ from kafrob.attacks.pgd import PGDConfig
 from kafrob.evaluate import evaluate
 from kafrob.fbf import FBFConfig
 from kafrob.lr_finder import range_test
-from kafrob.train import NonFiniteError, TrainConfig, train
+from kafrob.train import NonFiniteError, TrainConfig, overfitting, train
 
 # Small budget, so a small radius: at eps = 2/255 a 2,000-image VGG shows what FBF does within minutes.
 EPS = 2 / 255
@@ -35,6 +35,24 @@ def test_fbf_trains_for_robustness(fbf_and_clean):
           f"clean training: clean {clean.clean_accuracy:.3f} PGD {clean.robust_accuracy:.3f}")
     # Measured (this budget, 200 test images, CPU): FBF PGD 17.0% vs clean-trained 12.5% (clean acc 25.0 vs 18.5).
     assert fbf.robust_accuracy >= clean.robust_accuracy + 0.03
+
+
+# The first short-tier ResNet20-ReLU run (docs/short_tier.md): FBF accuracy and the monitor's PGD-5 accuracy.
+FIRST_SHORT_RUN = [{"accuracy": a, "monitor_pgd_accuracy": p}
+                   for a, p in ((0.180, 0.105), (0.309, 0.129), (0.436, 0.000), (0.513, 0.020))]
+
+
+def test_overfitting_monitor_fires_on_the_first_short_run_at_epoch_three():
+    verdicts = [overfitting(FIRST_SHORT_RUN[:i], r, drop=0.20, gap=0.25) for i, r in enumerate(FIRST_SHORT_RUN)]
+    assert [v is not None for v in verdicts] == [False, False, True, True]
+    assert "43.6 points under the accuracy on the FGSM training examples" in verdicts[2]
+
+
+def test_overfitting_monitor_fires_on_a_drop_from_the_best_epoch():
+    history = [{"accuracy": 0.45, "monitor_pgd_accuracy": 0.40}, {"accuracy": 0.47, "monitor_pgd_accuracy": 0.38}]
+    assert overfitting(history, {"accuracy": 0.40, "monitor_pgd_accuracy": 0.30}, drop=0.20, gap=0.25) is None
+    assert "fell from 40.0% to 15.0%" in overfitting(history, {"accuracy": 0.30, "monitor_pgd_accuracy": 0.15},
+                                                    drop=0.20, gap=0.25)
 
 
 def _weights(model):

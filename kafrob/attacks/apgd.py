@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from kafrob.attacks.common import (
     Outcome,
+    bad_gradients,
     check_label_mode,
     cross_entropy_each,
     dlr_loss,
@@ -112,8 +113,7 @@ def apgd_run(model: keras.Model, x, y, targets, start, *, eps, loss: Loss, itera
     scale = tf.reduce_max(tf.abs(start), axis=[1, 2, 3], keepdims=True)
     x_adv = tf.clip_by_value(x + eps * start / tf.maximum(scale, 1e-12), 0.0, 1.0)
     loss_now, grad, z = loss_and_grad(x_adv)
-    flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
-    bad_start = tf.reduce_all(flat == 0, -1) | tf.reduce_any(~tf.math.is_finite(flat), -1)
+    bad_start = bad_gradients(grad)
     fooled = tf.argmax(z, -1, output_type=tf.int32) != y
     x_out, x_best, grad_best, loss_best = x_adv, x_adv, grad, loss_now
     step = tf.fill(tf.shape(loss_now), 2.0 * eps)

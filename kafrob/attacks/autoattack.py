@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kafrob.attacks.apgd import APGDConfig, Loss, apgd_attack
-from kafrob.attacks.common import Outcome, check_label_mode, logits, predict
+from kafrob.attacks.common import Outcome, check_label_mode, logits, predict, rises_with_eps
 from kafrob.attacks.fab import FABConfig, fab_attack
 from kafrob.attacks.square import SquareConfig, square_attack
 
@@ -67,8 +67,7 @@ class MaskingFlags:
             out.append(f"Square fooled {self.square_only} image(s) the gradient attacks could not")
         if self.bad_start_gradients:
             out.append(f"{self.bad_start_gradients} image(s) have zero or non-finite input gradients")
-        accs = [a for _, a in sorted(self.accuracy_by_eps)]
-        if any(b > a + 1e-12 for a, b in zip(accs, accs[1:], strict=False)):
+        if rises_with_eps(self.accuracy_by_eps):
             out.append("robust accuracy does not decrease with eps: "
                        + ", ".join(f"{e * 255:g}/255: {a:.4f}" for e, a in sorted(self.accuracy_by_eps)))
         if self.nondeterministic:

@@ -129,3 +129,16 @@ def input_gradients(model: keras.Model, x, labels) -> np.ndarray:
         tape.watch(x)
         losses = cross_entropy_each(labels, logits(model, x))
     return tape.gradient(losses, x).numpy()
+
+
+def bad_gradients(grad) -> tf.Tensor:
+    """Per example: the input gradient is all zero or not finite (a sign of gradient masking, Carlini et al. 2019)."""
+    flat = tf.reshape(grad, [tf.shape(grad)[0], -1])
+    return tf.reduce_all(flat == 0, -1) | tf.reduce_any(~tf.math.is_finite(flat), -1)
+
+
+def rises_with_eps(accuracy_by_eps) -> bool:
+    """Robust accuracy goes up somewhere as eps grows ((eps, accuracy) pairs in any order): an attack that finds
+    less in a larger ball is failing, not the model robust (Carlini et al. 2019)."""
+    accs = [a for _, a in sorted(accuracy_by_eps)]
+    return any(b > a + 1e-9 for a, b in zip(accs, accs[1:], strict=False))

@@ -1,11 +1,13 @@
 """Judging measurements: a tier's case against its reference, the released models against the thesis and each other.
 
 * Trained tiers (``compare``): a suite reference pins this suite's own measurement (tolerances from the measured
-  spread, ``<tier>_spread.json``, kafrob.bench.spread) and the last epoch's training loss; a thesis reference
-  allows the tier's tolerance plus the measurement's 95% sampling half-width.
-* Released models, per row (``recompute``, ``against_thesis``): the code still computes the stored per-example
-  results (the first ``RECHECK_IMAGES`` images of shard 0, attacked again in a child process with the stored
-  arithmetic: identical, since random starts are per image); and the stored numbers against the thesis: robust
+  spread, ``<tier>_spread.json``, kafrob.bench.spread) and the last epoch's training loss; a floor reference asks a
+  re-trained model to reach the kept model's accuracies (clean, PGD in both label modes) less ``Tier.floor_margin``;
+  a thesis reference allows the tier's tolerance plus the measurement's 95% sampling half-width.
+* Stored evaluations (``recompute``: the released models, the models a tier trained and kept): the code still
+  computes the stored per-example results (the first ``RECHECK_IMAGES`` images of shard 0, attacked again in a
+  child process with the stored arithmetic: identical, since random starts are per image).
+* Released models, per row (``against_thesis``): the stored numbers against the thesis: robust
   accuracy (predicted labels, n as stored) within the 95% half-width of the difference of two independent
   samples (the thesis's 2,000 images drawn with replacement, ours) plus the JPEG shift; clean accuracy (all
   10,000) at the thesis's plus the JPEG shift, within the two samples' half-width and twice the shift's spread.
@@ -40,7 +42,7 @@ from kafrob.bench.shards import (
     Merged,
     agreement_key,
     load_shard,
-    released_spec,
+    protocol_spec,
     stored,
     stored_clean_accuracy,
 )
@@ -73,13 +75,30 @@ def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
     """The numbers a case is held to: the thesis table, or this suite's stored measurement (+ its loss)."""
     if tier.reference is Reference.THESIS:
         return {m: getattr(e, t) for m, t in METRICS}
+    row = reference_row(e, tier)
+    expected = {m: row[m] for m, _ in METRICS}
+    if row.get("train_loss") is not None:
+        expected["train_loss"] = row["train_loss"]
+    return expected
+
+
+def reference_row(e: Experiment, tier: Tier) -> dict:
     rows = reference(tier)["results"]
     if e.id not in rows:
         raise KeyError(f"{reference_file(tier)} has no row {e.id}; regenerate the {tier.name} references")
-    expected = {m: rows[e.id][m] for m, _ in METRICS}
-    if rows[e.id].get("train_loss") is not None:
-        expected["train_loss"] = rows[e.id]["train_loss"]
-    return expected
+    return rows[e.id]
+
+
+def below_floors(m: Measurement, row: dict, margin: float) -> list[str]:
+    """Failures where a re-trained model's accuracy lies more than ``margin`` points under the kept model's."""
+    failures = []
+    for metric in ("clean_accuracy", "robust_accuracy", "robust_accuracy_true"):
+        measured, kept = getattr(m, metric), row.get(metric)
+        if kept is not None and (measured is None or measured < kept - margin):
+            shown = "nothing" if measured is None else f"{measured:.2f}%"
+            failures.append(f"{m.case} {metric}: measured {shown}, floor {kept - margin:.2f}% (the kept model's "
+                            f"{kept:.2f}% less {margin} points)")
+    return failures
 
 
 def reference_kernels(tier: Tier) -> str | None:
@@ -100,6 +119,8 @@ def tolerances(tier: Tier) -> dict[str, float]:
 
 def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
     """Failures as readable lines; thesis references also allow the measurement's 95% sampling half-width."""
+    if tier.reference is Reference.FLOORS:
+        return below_floors(m, reference_row(e, tier), tier.floor_margin)
     failures = []
     measured_with = reference_kernels(tier)
     hint = ""
@@ -180,36 +201,36 @@ def released_failures(activation: str) -> list[str]:
     return [c.line(activation) for c in checks if not c.passed]
 
 
-def recompute(activation: str, root: Path = SHARDS_DIR) -> list[str]:
-    """Attack the first RECHECK_IMAGES images of stored shard 0 again (both label modes, a child process with the
-    stored arithmetic); failures as lines, empty when every per-example field is identical."""
+def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
+    """Attack the first RECHECK_IMAGES images of the stored shard 0 of a named model (``thesis:resnet20-<act>``,
+    ``<tier>:<case>``) again, both label modes, in a child process with the stored arithmetic; failures as lines,
+    empty when every per-example field is identical."""
     failures = []
-    reference = {m: load_shard(released_spec(activation, m).shard_path(root, 0)) for m in ("predicted", "true")}
+    reference = {m: load_shard(protocol_spec(model, m).shard_path(root, 0)) for m in ("predicted", "true")}
     header = reference["predicted"]["header"]
     env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if header["onednn"] else "0"}
     if header["kaf_kernels"] == "portable":
         env["KAFROB_NATIVE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-m", "kafrob.cli", "evaluate", "--checkpoint",
-                               f"thesis:resnet20-{activation}", "--labels", "predicted", "true", "--n",
-                               str(RECHECK_IMAGES), "--shard-images", str(RECHECK_IMAGES), "--shards-dir", tmp],
-                              env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "kafrob.cli", "evaluate", "--checkpoint", model, "--labels",
+                               "predicted", "true", "--n", str(RECHECK_IMAGES), "--shard-images", str(RECHECK_IMAGES),
+                               "--shards-dir", tmp], env=env, capture_output=True, text=True)
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            return [f"resnet20-{activation}: re-computing {RECHECK_IMAGES} images failed: {last}"]
+            return [f"{model}: re-computing {RECHECK_IMAGES} images failed: {last}"]
         for mode, stored_shard in reference.items():
-            again = load_shard(released_spec(activation, mode, RECHECK_IMAGES).shard_path(Path(tmp), 0))
+            again = load_shard(protocol_spec(model, mode, RECHECK_IMAGES).shard_path(Path(tmp), 0))
             mine, theirs = agreement_key(again["header"]), agreement_key(stored_shard["header"])
             mine["spec"] = theirs["spec"] = None
             if mine != theirs:
-                failures.append(f"resnet20-{activation}: the stored shards were computed with {theirs}, this machine "
-                                f"computes with {mine}: install the locked versions (requirements.lock)")
+                failures.append(f"{model}: the stored shards were computed with {theirs}, this machine computes with "
+                                f"{mine}: install the locked versions (requirements.lock)")
                 break
             for field in FIELDS:
                 differ = np.flatnonzero(again[field] != stored_shard[field][:RECHECK_IMAGES])
                 if len(differ):
-                    failures.append(f"resnet20-{activation} {mode} labels: {field} differs from the stored shard on "
-                                    f"images {again['index'][differ].tolist()}: the code changed the computation")
+                    failures.append(f"{model} {mode} labels: {field} differs from the stored shard on images "
+                                    f"{again['index'][differ].tolist()}: the code changed the computation")
     return failures
 
 

@@ -36,7 +36,8 @@ def results_table(measurements: list[Measurement], tier: Tier, fmt: str = "githu
     for m in measurements:
         e = BY_ID[m.case]
         row = [e.model, e.activation, f"{m.clean_accuracy:.2f} [{m.clean_interval[0]:.1f}, {m.clean_interval[1]:.1f}]",
-               f"{m.robust_accuracy:.2f} [{m.robust_interval[0]:.1f}, {m.robust_interval[1]:.1f}]", m.n_robust]
+               f"{m.robust_accuracy:.2f} [{m.robust_interval[0]:.1f}, {m.robust_interval[1]:.1f}]", m.n_robust,
+               f"{m.seconds / 3600:.2f}"]
         if true_labels:
             row.insert(4, "-" if m.robust_accuracy_true is None else f"{m.robust_accuracy_true:.2f}")
         if m.case in ref:
@@ -45,7 +46,8 @@ def results_table(measurements: list[Measurement], tier: Tier, fmt: str = "githu
         elif ref:
             row += ["-"] * 4
         rows.append(row)
-    headers = ["model", "activation", "clean % [95% CI]", f"PGD {tier.attack.label_mode} labels % [95% CI]", "n PGD"]
+    headers = ["model", "activation", "clean % [95% CI]", f"PGD {tier.attack.label_mode} labels % [95% CI]", "n PGD",
+               "hours"]
     if true_labels:
         headers.insert(4, "PGD true labels %")
     if ref:

@@ -145,7 +145,7 @@ def benchmark(e: Experiment, tier: Tier, data: Cifar10 | None, *, seed: int = 0,
 
     if tier.source is Source.THESIS_CHECKPOINT:
         m = released_measurement(e.activation)
-        failures = judge.recompute(e.activation) + judge.released_failures(e.activation)
+        failures = judge.recompute(f"thesis:{e.id}") + judge.released_failures(e.activation)
     else:
         m = run_case(e, tier, data, seed=seed, progress=progress, strategy=strategy)
         failures = judge.compare(m, e, tier)

@@ -12,7 +12,7 @@ prediction as in the thesis), the first restart that changed that label (-1: non
 prediction on the adversarial example. Robust accuracy is the adversarial prediction's accuracy
 against the true labels, in both label modes.
 
-The released thesis models' stored evaluation (``SHARDS_DIR``) uses the thesis protocol (``PROTOCOL``) with these
+The released thesis models' stored evaluation (``SHARDS_DIR``) uses the thesis protocol (``THESIS_PGD``) with these
 files; kafrob.bench.run computes shards, kafrob.bench.judge holds them against the thesis.
 """
 
@@ -30,6 +30,7 @@ from kafrob import atomic
 from kafrob.attacks import AttackConfig, name_of, tag
 from kafrob.attacks.pgd import PGDConfig
 from kafrob.bench.store import CLEAN_FILE, REFERENCE_DIR, Measurement
+from kafrob.bench.tiers import THESIS_PGD
 from kafrob.stats import wilson_interval
 
 SHARD_IMAGES = 200  # a multiple of 10: every prefix of whole shards is class-balanced (evaluation_order)
@@ -42,8 +43,6 @@ FIELDS = ("index", "label", "clean_pred", "attack_label", "first_restart", "adv_
 MUST_AGREE = ("spec", "arithmetic", "tensorflow", "keras")
 
 SHARDS_DIR = REFERENCE_DIR / "checkpoints" / "shards"
-
-PROTOCOL = PGDConfig(iterations=50, restarts=10, label_mode="predicted")  # the thesis's
 
 THESIS_CLEAN_N = 10_000  # the JPEG deltas' spread (0.18 points over 8 rows) fits all 10,000, not a 2,000 sample
 
@@ -182,9 +181,13 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
     return Merged(first["spec"], tuple(found), header, arrays)
 
 
+def protocol_spec(model: str, label_mode: str = "predicted", shard_images: int = SHARD_IMAGES) -> ShardSpec:
+    """The thesis's PGD evaluation of a named model (``thesis:resnet20-<act>``, ``<tier>:<case>``) in one label mode."""
+    return ShardSpec(model, dataclasses.replace(THESIS_PGD, label_mode=label_mode), shard_images=shard_images)
+
+
 def released_spec(activation: str, label_mode: str = "predicted", shard_images: int = SHARD_IMAGES) -> ShardSpec:
-    attack = PGDConfig(iterations=PROTOCOL.iterations, restarts=PROTOCOL.restarts, label_mode=label_mode)
-    return ShardSpec(f"thesis:resnet20-{activation}", attack, shard_images=shard_images)
+    return protocol_spec(f"thesis:resnet20-{activation}", label_mode, shard_images)
 
 
 def stored(activation: str, label_mode: str = "predicted", root: Path = SHARDS_DIR) -> Merged:

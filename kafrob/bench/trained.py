@@ -2,7 +2,9 @@
 the stronger attacks: ``reference_results/<tier>/<case>.keras`` with ``<case>.history.json`` (the config, its
 digest, the per-epoch loss, accuracy, learning rate, seconds and catastrophic-overfitting monitor readings, the
 code version and the arithmetic) and ``<case>.curves.png``. They are named ``<tier>:<case>`` (``short:resnet20-relu``)
-wherever a model is expected."""
+wherever a model is expected. Their PGD evaluation is stored as shards under ``reference_results/<tier>/shards``
+(kafrob.bench.shards, the thesis protocol in both label modes); ``stored_measurement`` makes a tier's Measurement of
+both, the floors a re-trained model is held to (kafrob.bench.judge)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 from pathlib import Path
 
 from kafrob import atomic
-from kafrob.bench.store import REFERENCE_DIR, code_version, environment
+from kafrob.bench.store import REFERENCE_DIR, Measurement, code_version, environment
 
 
 def stored_path(name: str, root: Path | None = None) -> Path:
@@ -72,3 +74,31 @@ def curves_png(history: list[dict], title: str) -> bytes:
     fig.suptitle(title)
     return _png(fig)
 
+
+
+def shards_root(tier: str, root: Path | None = None) -> Path:
+    return Path(REFERENCE_DIR if root is None else root) / tier / "shards"
+
+
+def stored_measurement(tier: str, case: str, data, root: Path | None = None,
+                       shard_images: int | None = None) -> Measurement:
+    """A kept model's numbers: clean accuracy on all 10,000 test images (computed: seconds), PGD in both label modes
+    on the images its stored shards cover; seconds: the training's and the shards' CPU time."""
+    from kafrob.bench.run import load_named_model
+    from kafrob.bench.shards import SHARD_IMAGES, merge, protocol_spec
+    from kafrob.evaluate import clean_correct
+    from kafrob.stats import wilson_interval
+
+    name = f"{tier}:{case}"
+    model = load_named_model(str(stored_path(name, root)))
+    correct = clean_correct(model, data)
+    specs = {m: protocol_spec(name, m, shard_images or SHARD_IMAGES) for m in ("predicted", "true")}
+    robust = {m: merge(spec, shards_root(tier, root)) for m, spec in specs.items()}
+    history = load_history(name, root)
+    k_clean, k_robust, n = int(correct.sum()), int(robust["predicted"].robust_correct.sum()), robust["predicted"].n
+    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
+    seconds = sum(h["seconds"] for h in history["history"]) + sum(r.header["seconds"] for r in robust.values())
+    return Measurement(case, tier, 100 * k_clean / len(correct), 100 * k_robust / n,
+                       pct(wilson_interval(k_clean, len(correct))), pct(wilson_interval(k_robust, n)), len(correct), n,
+                       seconds, history["history"][-1]["loss"],
+                       100 * float(robust["true"].robust_correct.mean()))

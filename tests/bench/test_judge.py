@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -25,6 +26,23 @@ def test_thesis_reference_allows_tolerance_plus_half_width():
     (failure,) = judge.compare(_measurement(clean=e.thesis_accuracy - 4.0, robust=e.thesis_robustness), e, tier)
     assert "clean_accuracy: measured 74.08%" in failure and "expected 78.08%" in failure
     assert "delta -4.00" in failure and "allowed +-3.80" in failure and "95% CI" in failure
+
+
+def test_floor_reference_asks_a_retrained_model_to_reach_the_kept_ones_less_the_margin(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
+    e, tier = BY_ID["resnet20-relu"], get_tier("short")  # floors 5 points under the kept model's numbers
+    kept = dataclasses.replace(_measurement("resnet20-relu", "short", clean=60.0, robust=40.0),
+                               robust_accuracy_true=30.0)
+    (tmp_path / "short.json").write_text(json.dumps({"results": {"resnet20-relu": kept.to_dict()}}))
+    better = dataclasses.replace(kept, clean_accuracy=70.0, robust_accuracy=35.5, robust_accuracy_true=25.0)
+    assert judge.compare(better, e, tier) == []
+    worse = dataclasses.replace(kept, robust_accuracy=34.9, robust_accuracy_true=None)
+    failures = judge.compare(worse, e, tier)
+    assert failures == ["resnet20-relu robust_accuracy: measured 34.90%, floor 35.00% (the kept model's 40.00% less "
+                        "5.0 points)", "resnet20-relu robust_accuracy_true: measured nothing, floor 25.00% (the kept "
+                        "model's 30.00% less 5.0 points)"]
+    with pytest.raises(KeyError, match="has no row resnet20-kaf"):
+        judge.compare(worse, BY_ID["resnet20-kaf"], tier)
 
 
 def test_suite_reference_pins_the_training_loss(tmp_path, monkeypatch):
@@ -78,10 +96,10 @@ def test_recompute_reproduces_the_stored_shard_and_catches_a_change(shared_check
     for mode in ("predicted", "true"):
         source = shards.released_spec("relu", mode).directory(shards.SHARDS_DIR)
         shutil.copytree(source, shards.released_spec("relu", mode).directory(tmp_path))
-    assert judge.recompute("relu", tmp_path) == []
+    assert judge.recompute("thesis:resnet20-relu", tmp_path) == []
     path = shards.released_spec("relu", "predicted").shard_path(tmp_path, 0)
     altered = shards.load_shard(path)
     altered["adv_pred"][3] = (altered["adv_pred"][3] + 1) % 10
     shards.save_shard(path, altered)
-    failures = judge.recompute("relu", tmp_path)
+    failures = judge.recompute("thesis:resnet20-relu", tmp_path)
     assert len(failures) == 1 and "adv_pred differs" in failures[0] and str(altered["index"][3]) in failures[0]

@@ -7,7 +7,9 @@ import json
 import pytest
 
 from kafrob import cli
-from kafrob.bench import trained
+from kafrob.bench import judge, trained
+from kafrob.bench.tiers import get_tier
+from kafrob.data import load_cifar10
 
 
 def test_a_kept_run_is_evaluated_by_its_stored_name(tiny, tmp_path, capsys, monkeypatch):
@@ -26,6 +28,17 @@ def test_a_kept_run_is_evaluated_by_its_stored_name(tiny, tmp_path, capsys, monk
                      "--data-dir", str(data_dir)]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 10
 
+    # its stored evaluation (the thesis protocol, both label modes) and the tier's Measurement of it
+    shards_dir = trained.shards_root("short")
+    assert cli.main(["evaluate", "--checkpoint", "short:vgg-relu", "--labels", "predicted", "true", "--n", "10",
+                     "--shard-images", "10", "--shards-dir", str(shards_dir), "--data-dir", str(data_dir)]) == 0
+    summary = {s["label_mode"]: s for s in json.loads(capsys.readouterr().out)}
+    m = trained.stored_measurement("short", "vgg-relu", load_cifar10(data_dir), shard_images=10)
+    assert (m.n_clean, m.n_robust, m.train_loss) == (100, 10, history["history"][-1]["loss"])
+    assert m.robust_accuracy == pytest.approx(100 * summary["predicted"]["robust_accuracy"])
+    assert m.robust_accuracy_true == pytest.approx(100 * summary["true"]["robust_accuracy"])
+    assert m.seconds >= sum(h["seconds"] for h in history["history"])
+
 
 def test_missing_stored_model_and_unfinished_run_say_what_to_do(tiny, tmp_path, capsys, monkeypatch):
     data_dir, _ = tiny
@@ -35,3 +48,12 @@ def test_missing_stored_model_and_unfinished_run_say_what_to_do(tiny, tmp_path, 
     with pytest.raises(FileNotFoundError, match="finish the run"):
         trained.keep(tmp_path / "nothing", "short", "resnet20-kaf")
     assert trained.is_stored_name("short:resnet20-relu") and not trained.is_stored_name("short:resnet99")
+
+
+@pytest.mark.parametrize("case", [e.id for e in get_tier("short").cases()])
+def test_kept_short_model_reproduces_its_stored_evaluation(case, cifar):
+    """The kept weights, attacked again on the first images of stored shard 0 (both label modes, the stored
+    arithmetic, a child process): every per-example field identical."""
+    if not trained.stored_path(f"short:{case}").is_file():
+        pytest.skip(f"short:{case} is not trained and kept yet (kafrob train --case {case} --tier short --keep)")
+    assert judge.recompute(f"short:{case}", trained.shards_root("short")) == []
