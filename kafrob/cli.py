@@ -35,7 +35,7 @@ def _train_config(args):
     return TrainConfig(model=args.model, activation=args.activation, epochs=args.epochs, min_lr=args.min_lr,
                        max_lr=args.max_lr, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
                        precision=args.precision, train_per_class=args.train_per_class,
-                       decay_epochs=args.decay_epochs, early_stop=args.early_stop,
+                       decay_epochs=args.decay_epochs, early_stop=args.early_stop, momentum=args.momentum,
                        fbf=FBFConfig(clip_start=args.clip_start, adversarial=not args.clean))
 
 
@@ -99,6 +99,7 @@ def _add_train_args(p):
     p.add_argument("--precision", default="float32", choices=("float32", "mixed_float16"))
     p.add_argument("--train-per-class", type=int, default=None)
     p.add_argument("--decay-epochs", type=int, default=0)
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (the thesis: none)")
     p.add_argument("--early-stop", action="store_true")
     p.add_argument("--clip-start", action="store_true")
     p.add_argument("--clean", action="store_true", help="plain training instead of FBF")
@@ -347,12 +348,11 @@ def cmd_regenerate(args) -> int:
     if tier.source is Source.THESIS_CHECKPOINT:
         measurements = [released_measurement(e.activation) for e in cases]
     elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
-        from kafrob.bench.trained import stored_measurement, stored_path
+        from kafrob.bench.trained import stored_measurement, stored_path, train_command
 
         kept = [e for e in cases if stored_path(f"{tier.name}:{e.id}").is_file()]
         for e in sorted(set(cases) - set(kept), key=cases.index):
-            print(f"left out {e.id}: no kept model (kafrob train --case {e.id} --tier {tier.name} --keep)",
-                  file=sys.stderr)
+            print(f"left out {e.id}: no kept model ({train_command(f'{tier.name}:{e.id}')})", file=sys.stderr)
         if not kept:
             raise ValueError(f"no {tier.name} model is kept yet: train one with --keep, evaluate it into "
                              f"reference_results/{tier.name}/shards")

@@ -48,7 +48,7 @@ def range_test(config: TrainConfig, data: Cifar10, *, start_lr: float = 1e-5, en
     keras.utils.set_random_seed(config.seed)
     model = build_for(config)
     lr_var = tf.Variable(start_lr, dtype=tf.float32, trainable=False)
-    optimizer = keras.optimizers.SGD(learning_rate=lambda: lr_var)
+    optimizer = keras.optimizers.SGD(learning_rate=lambda: lr_var, momentum=config.momentum)
     step_fn = make_train_step(model, optimizer, config.fbf, jit_compile=config.jit_compile)
     idx = (stratified_indices(data.y_train, config.train_per_class, config.seed)
            if config.train_per_class else np.arange(len(data.y_train)))

@@ -46,6 +46,7 @@ class TrainConfig:
     decay_epochs: int = 0  # the thesis's optional decay phase after the cycle
     decay_lr: float = 0.01
     decay_every: int = 4
+    momentum: float = 0.0  # SGD momentum; the thesis uses none
     fbf: FBFConfig = field(default_factory=FBFConfig)
     monitor_images: int = 256  # catastrophic-overfitting monitor: PGD-5 on a fixed training batch
     monitor_drop: float = 0.20  # flag: PGD accuracy this far below its best epoch so far
@@ -106,7 +107,7 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> OneCycle:
 
 
 def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    sgd = keras.optimizers.SGD(learning_rate=_schedule(config, steps_per_epoch))  # no momentum, as the thesis
+    sgd = keras.optimizers.SGD(learning_rate=_schedule(config, steps_per_epoch), momentum=config.momentum)
     return keras.optimizers.LossScaleOptimizer(sgd) if config.precision == "mixed_float16" else sgd
 
 

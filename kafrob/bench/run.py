@@ -85,7 +85,7 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
 def load_named_model(name: str) -> keras.Model:
     """A model by the name the CLI and the shards use: ``thesis:resnet20-<act>`` (a released model), ``<tier>:<case>``
     (one this suite trained and kept, kafrob.bench.trained) or a ``.keras`` file."""
-    from kafrob.bench.trained import is_stored_name, stored_path
+    from kafrob.bench.trained import is_stored_name, stored_path, train_command
 
     if name.startswith("thesis:"):
         from kafrob.checkpoints import load_thesis_model
@@ -95,9 +95,8 @@ def load_named_model(name: str) -> keras.Model:
 
     path = stored_path(name) if is_stored_name(name) else Path(name)
     if not path.is_file():
-        tier, _, case = name.partition(":")
-        raise FileNotFoundError(f"no model at {path}" + (f": train and keep it first (kafrob train --case {case} "
-                                                         f"--tier {tier} --keep)" if is_stored_name(name) else ""))
+        raise FileNotFoundError(f"no model at {path}" + (f": train and keep it first ({train_command(name)})"
+                                                         if is_stored_name(name) else ""))
     return keras.saving.load_model(path)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 from kafrob import atomic
 from kafrob.bench.store import REFERENCE_DIR, Measurement, code_version, environment
 
+CLEAN = "-clean"  # a case trained without adversarial examples (kafrob train --clean), kept beside the FBF one
+
 
 def stored_path(name: str, root: Path | None = None) -> Path:
     """``short:resnet20-relu`` -> reference_results/short/resnet20-relu.keras (or under ``root``)."""
@@ -26,17 +28,27 @@ def is_stored_name(text: str) -> bool:
     from kafrob.bench.tiers import TIERS
 
     tier, sep, case = text.partition(":")
-    return bool(sep) and tier in TIERS and case in BY_ID
+    return bool(sep) and tier in TIERS and case.removesuffix(CLEAN) in BY_ID
+
+
+def train_command(name: str) -> str:
+    """How to make the stored model ``name`` (``short:resnet20-relu``, ``short:resnet20-relu-clean``)."""
+    tier, _, case = name.partition(":")
+    base = case.removesuffix(CLEAN)
+    return f"kafrob train --case {base} --tier {tier}{' --clean' if base != case else ''} --keep"
 
 
 def keep(run_dir: Path, tier: str, case: str, root: Path | None = None) -> Path:
-    """Copy a finished training run (``model.keras`` and ``history.json`` of ``kafrob train``) into the store."""
+    """Copy a finished training run (``model.keras`` and ``history.json`` of ``kafrob train``) into the store, as
+    ``<tier>:<case>``, or ``<tier>:<case>-clean`` for a run without adversarial examples."""
     run_dir = Path(run_dir)
     model, history = run_dir / "model.keras", run_dir / "history.json"
     for path in (model, history):
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: finish the run (kafrob train ... --resume) first")
     meta = json.loads(history.read_text())
+    if not meta["config"]["fbf"]["adversarial"]:
+        case += CLEAN
     target = stored_path(f"{tier}:{case}", root)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic.atomic_write(target, lambda f: f.write(model.read_bytes()))

@@ -40,9 +40,10 @@ def test_short_tier_is_the_thesis_protocol_compressed_to_twelve_epochs():
     short = get_tier("short")
     cfg = short.train_config(BY_ID["resnet20-relu"])
     assert (cfg.epochs, cfg.decay_epochs, cfg.decay_every, cfg.train_per_class) == (10, 2, 1, None)
-    # the peak LR is lowered from the thesis's (catastrophic overfitting at this pace, docs/short_tier.md)
+    # the FBF paper's optimizer, not the thesis's (catastrophic overfitting at this pace, docs/short_tier.md)
     assert (cfg.batch_size, cfg.augment, cfg.precision) == (128, True, "float32")
-    assert (cfg.min_lr, cfg.max_lr) == (RESNET20_LR[0], 0.2) and cfg.early_stop and cfg.monitor_images == 256
+    assert (cfg.min_lr, cfg.max_lr, cfg.momentum) == (RESNET20_LR[0], 0.2, 0.9) and cfg.early_stop
+    assert cfg.monitor_images == 256 and get_tier("full").train_config(BY_ID["resnet20-relu"]).momentum == 0.0
     assert [e.id for e in short.cases()] == ["resnet20-relu", "resnet20-kaf", "resnet20-swish"]  # table order
     assert short.reference is Reference.FLOORS and short.floor_margin == 5.0
     assert (short.attack.iterations, short.attack.restarts, short.attack.label_mode) == (50, 10, "predicted")

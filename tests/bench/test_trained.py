@@ -50,6 +50,20 @@ def test_missing_stored_model_and_unfinished_run_say_what_to_do(tiny, tmp_path, 
     assert trained.is_stored_name("short:resnet20-relu") and not trained.is_stored_name("short:resnet99")
 
 
+def test_a_clean_training_run_is_kept_beside_the_fbf_one(tiny, tmp_path, monkeypatch):
+    _, model = tiny
+    monkeypatch.setattr(trained, "REFERENCE_DIR", tmp_path / "store")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(model.read_bytes())
+    epoch = {"epoch": 1, "loss": 2.0, "accuracy": 0.3, "lr": 0.1, "seconds": 1.0}
+    (run / "history.json").write_text(json.dumps({"config": {"fbf": {"adversarial": False}}, "history": [epoch]}))
+    assert trained.keep(run, "short", "resnet20-relu") == tmp_path / "store" / "short" / "resnet20-relu-clean.keras"
+    assert trained.is_stored_name("short:resnet20-relu-clean")
+    assert trained.train_command("short:resnet20-relu-clean") == ("kafrob train --case resnet20-relu --tier short "
+                                                                 "--clean --keep")
+
+
 @pytest.mark.parametrize("case", [e.id for e in get_tier("short").cases()])
 def test_kept_short_model_reproduces_its_stored_evaluation(case, cifar):
     """The kept weights, attacked again on the first images of stored shard 0 (both label modes, the stored
