@@ -1,0 +1,50 @@
+"""The single-step adversaries of training: FBF's FGSM from a random start, and N-FGSM."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kafrob.fbf import EPS, N_FGSM, FBFConfig, fgsm_random_start
+
+
+@pytest.fixture(scope="module")
+def linear():
+    """logits = W x: the input gradient of the cross-entropy is known in closed form."""
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(10, use_bias=False)])
+
+
+def _example(model, config: FBFConfig, seed=(0, 1)):
+    x = tf.constant(np.random.default_rng(0).uniform(0.2, 0.8, (64, 4, 4, 3)).astype(np.float32))
+    y = tf.constant(np.arange(64) % 10, tf.int32)
+    return x, y, fgsm_random_start(model, x, y, tf.constant(seed, tf.int64), config)
+
+
+def _noise(config: FBFConfig, x, seed=(0, 1)):
+    bound = config.noise_ratio * config.eps
+    return tf.random.stateless_uniform(tf.shape(x), tf.constant(seed, tf.int64), -bound, bound)
+
+
+def test_fbf_steps_from_the_start_along_the_gradient_sign_and_back_into_the_ball(linear):
+    config = FBFConfig()
+    x, y, x_adv = _example(linear, config)
+    with tf.GradientTape() as tape:
+        start = x + _noise(config, x)
+        tape.watch(start)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, linear(start)))
+    stepped = _noise(config, x) + 1.25 * EPS * tf.sign(tape.gradient(loss, start))
+    expected = tf.clip_by_value(x + tf.clip_by_value(stepped, -EPS, EPS), 0.0, 1.0)
+    np.testing.assert_allclose(x_adv.numpy(), expected.numpy(), atol=1e-7)
+    assert float(tf.reduce_max(tf.abs(x_adv - x))) <= EPS + 1e-6
+
+
+def test_n_fgsm_starts_at_twice_eps_steps_eps_and_is_not_projected(linear):
+    x, y, x_adv = _example(linear, N_FGSM)
+    delta = (x_adv - x).numpy()
+    noise = _noise(N_FGSM, x).numpy()
+    step = delta - noise  # inside [0.2, 0.8] nothing is clipped to the image box: +-eps exactly
+    np.testing.assert_allclose(np.abs(step), EPS, atol=1e-6)
+    assert EPS < np.abs(delta).max() <= 3 * EPS + 1e-6 and np.abs(noise).max() > 1.9 * EPS
