@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from kafrob.attacks.common import cross_entropy
+from kafrob.attacks.common import check_label_mode, cross_entropy
 
 EPS = 8.0 / 255.0
 
@@ -27,6 +27,10 @@ class FBFConfig:
     adversarial: bool = True  # False gives plain (clean) training with the same step function
     noise_ratio: float = 1.0  # the random start is uniform in +-noise_ratio * eps
     project: bool = True  # clip the perturbation back into the eps-ball after the step (FBF); N-FGSM does not
+    label_mode: str = "true"  # "predicted": the step attacks the model's prediction at the start, not the label
+
+    def __post_init__(self) -> None:
+        check_label_mode(self.label_mode)
 
     @property
     def alpha(self) -> float:
@@ -34,6 +38,10 @@ class FBFConfig:
 
 
 N_FGSM = FBFConfig(alpha_ratio=1.0, noise_ratio=2.0, project=False)
+
+# Against label leaking (Kurakin et al. 2017): a step computed from the true label carries it, and a model can learn
+# to read it instead of resisting the attack; a step from the model's own prediction carries nothing it did not know.
+FBF_PREDICTED = FBFConfig(label_mode="predicted")
 
 
 def fgsm_random_start(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, config: FBFConfig):
@@ -46,7 +54,9 @@ def fgsm_random_start(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.T
         start = tf.clip_by_value(start, 0.0, 1.0)
     with tf.GradientTape() as tape:
         tape.watch(start)
-        loss = cross_entropy(y, model(start, training=True))
+        z = model(start, training=True)
+        target = y if config.label_mode == "true" else tf.stop_gradient(tf.argmax(z, -1, output_type=tf.int32))
+        loss = cross_entropy(target, z)
     grad = tape.gradient(loss, start)
     delta = delta + config.alpha * tf.sign(grad)
     if config.project:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kafrob.fbf import EPS, N_FGSM, FBFConfig, fgsm_random_start
+from kafrob.fbf import EPS, FBF_PREDICTED, N_FGSM, FBFConfig, fgsm_random_start
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,15 @@ def _noise(config: FBFConfig, x, seed=(0, 1)):
     return tf.random.stateless_uniform(tf.shape(x), tf.constant(seed, tf.int64), -bound, bound)
 
 
-def test_fbf_steps_from_the_start_along_the_gradient_sign_and_back_into_the_ball(linear):
-    config = FBFConfig()
+@pytest.mark.parametrize("config", [FBFConfig(), FBF_PREDICTED], ids=["true-label", "predicted-label"])
+def test_fbf_steps_from_the_start_along_the_gradient_sign_and_back_into_the_ball(linear, config):
     x, y, x_adv = _example(linear, config)
     with tf.GradientTape() as tape:
         start = x + _noise(config, x)
         tape.watch(start)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, linear(start)))
+        z = linear(start)
+        target = y if config.label_mode == "true" else tf.argmax(z, -1, output_type=tf.int32)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, z))
     stepped = _noise(config, x) + 1.25 * EPS * tf.sign(tape.gradient(loss, start))
     expected = tf.clip_by_value(x + tf.clip_by_value(stepped, -EPS, EPS), 0.0, 1.0)
     np.testing.assert_allclose(x_adv.numpy(), expected.numpy(), atol=1e-7)
@@ -48,3 +50,11 @@ def test_n_fgsm_starts_at_twice_eps_steps_eps_and_is_not_projected(linear):
     step = delta - noise  # inside [0.2, 0.8] nothing is clipped to the image box: +-eps exactly
     np.testing.assert_allclose(np.abs(step), EPS, atol=1e-6)
     assert EPS < np.abs(delta).max() <= 3 * EPS + 1e-6 and np.abs(noise).max() > 1.9 * EPS
+
+
+def test_the_predicted_label_step_differs_where_the_model_is_wrong(linear):
+    x, y, true_step = _example(linear, FBFConfig())
+    *_, predicted_step = _example(linear, FBF_PREDICTED)
+    wrong = np.argmax(linear(x + _noise(FBFConfig(), x)).numpy(), -1) != y.numpy()
+    differ = np.any((true_step - predicted_step).numpy().reshape(len(wrong), -1) != 0, axis=1)
+    assert wrong.any() and np.array_equal(differ, wrong)

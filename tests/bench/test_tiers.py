@@ -6,7 +6,7 @@ import pytest
 
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, RESNET20_LR
 from kafrob.bench.tiers import TIERS, Reference, Source, get_tier
-from kafrob.fbf import N_FGSM
+from kafrob.fbf import FBF_PREDICTED, FBFConfig
 
 
 def test_smoke_tier_overrides_lr_bounds_only():
@@ -41,10 +41,12 @@ def test_short_tier_is_the_thesis_protocol_compressed_to_twelve_epochs():
     short = get_tier("short")
     cfg = short.train_config(BY_ID["resnet20-relu"])
     assert (cfg.epochs, cfg.decay_epochs, cfg.decay_every, cfg.train_per_class) == (10, 2, 1, None)
-    # N-FGSM and the FBF paper's optimizer, not the thesis's FBF (it overfits at this pace, docs/short_tier.md)
+    # FBF against the prediction, the FBF paper's optimizer: the thesis's overfits at this pace (docs/short_tier.md)
     assert (cfg.batch_size, cfg.augment, cfg.precision) == (128, True, "float32")
-    assert (cfg.min_lr, cfg.max_lr, cfg.momentum, cfg.fbf) == (RESNET20_LR[0], 0.2, 0.9, N_FGSM) and cfg.early_stop
-    assert cfg.monitor_images == 256 and get_tier("full").train_config(BY_ID["resnet20-relu"]).momentum == 0.0
+    assert (cfg.min_lr, cfg.max_lr, cfg.momentum, cfg.fbf) == (RESNET20_LR[0], 0.2, 0.9, FBF_PREDICTED)
+    assert cfg.early_stop and cfg.monitor_images == 256
+    full = get_tier("full").train_config(BY_ID["resnet20-relu"])
+    assert (full.momentum, full.fbf) == (0.0, FBFConfig())  # the thesis's training
     assert [e.id for e in short.cases()] == ["resnet20-relu", "resnet20-kaf", "resnet20-swish"]  # table order
     assert short.reference is Reference.FLOORS and short.floor_margin == 5.0
     assert (short.attack.iterations, short.attack.restarts, short.attack.label_mode) == (50, 10, "predicted")
