@@ -4,7 +4,9 @@ One FGSM step from a uniform random start, step 1.25 * eps, then one SGD step on
 batch. The whole step is one compiled function (XLA on by default: it fuses the KAF kernels).
 
 The same step with a start of +-2 eps, a step of eps and no projection back into the eps-ball is N-FGSM (de Jorge
-et al., NeurIPS 2022), single-step training that does not overfit catastrophically at eps 8/255 (``N_FGSM``).
+et al., NeurIPS 2022: no catastrophic overfitting at eps 8/255 on CIFAR-10; on the offline JPEG-rebuilt training set
+it overfitted ResNet20 as FBF does, docs/short_tier.md) (``N_FGSM``). ``FBF_PREDICTED`` takes FBF's step against the
+model's prediction instead of the label, which stopped the overfitting there.
 """
 
 from __future__ import annotations

@@ -87,7 +87,6 @@ def curves_png(history: list[dict], title: str) -> bytes:
     return _png(fig)
 
 
-
 def shards_root(tier: str, root: Path | None = None) -> Path:
     return Path(REFERENCE_DIR if root is None else root) / tier / "shards"
 
