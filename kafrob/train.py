@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob import atomic
+from kafrob import arithmetic, atomic
 from kafrob.activations import check_activation
 from kafrob.attacks.common import predict
 from kafrob.attacks.pgd import PGDConfig, pgd_attack
@@ -198,6 +198,10 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
             "overfitting_epochs": [], "stopped_early": False}
     if resume and ckpt.exists():
         meta = _load_checkpoint(ckpt, model, optimizer, config.digest())
+    here = {**arithmetic.describe(), "cpu": arithmetic.cpu_model()}
+    sittings = meta.setdefault("arithmetic", [])  # every sitting's arithmetic and its first epoch
+    if not sittings or {k: v for k, v in sittings[-1].items() if k != "from_epoch"} != here:
+        sittings.append({**here, "from_epoch": meta["epoch"] + 1})
     monitor_x, monitor_y = _monitor_batch(data, idx, config.monitor_images)
     monitor_cfg = PGDConfig(eps=config.fbf.eps, step=2.0 / 255.0, iterations=5, restarts=1)
     previous_weights = [v.numpy() for v in model.variables]

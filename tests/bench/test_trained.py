@@ -23,6 +23,8 @@ def test_a_kept_run_is_evaluated_by_its_stored_name(tiny, tmp_path, capsys, monk
     assert path == tmp_path / "store" / "short" / "vgg-relu.keras"
     history = trained.load_history("short:vgg-relu")
     assert [h["epoch"] for h in history["history"]] == [1, 2] and history["code_version"] and history["digest"]
+    (sitting,) = history["arithmetic"]  # the training's own arithmetic, recorded by kafrob.train
+    assert sitting["from_epoch"] == 1 and "onednn" in sitting and sitting["cpu"]
     assert path.with_suffix(".curves.png").read_bytes().startswith(b"\x89PNG")
     assert cli.main(["evaluate", "--checkpoint", "short:vgg-relu", "--n", "10", "--iterations", "1", "--restarts", "1",
                      "--data-dir", str(data_dir)]) == 0
