@@ -27,8 +27,7 @@ def _train_config(args):
         from kafrob.bench.cases import BY_ID
         from kafrob.bench.tiers import get_tier
 
-        config = get_tier(args.tier).train_config(BY_ID[args.case], args.seed)
-        return dataclasses.replace(config, fbf=dataclasses.replace(config.fbf, adversarial=not args.clean))
+        return get_tier(args.tier).train_config(BY_ID[args.case], args.seed, adversarial=not args.clean)
     if not (args.model and args.activation):
         raise ValueError("name the model: --case <model>-<activation> (with --tier) or --model and --activation")
 
@@ -203,7 +202,7 @@ def cmd_submit(args) -> int:
     from kafrob.bench.tiers import get_tier
 
     tier = get_tier(args.tier)
-    cases = args.cases or [e.id for e in tier.cases()]
+    cases = args.cases or list(tier.row_ids())
     default = ex.FULL_CASE if args.tier == "full" else ex.Resources()
     jobs = [ex.CaseJob(case, args.tier, args.seed, args.data_dir) for case in cases]
     report = ex.wait(ex.submit(jobs, ex.Engine(args.executor), args.jobs_dir, _resources(args, default)),
@@ -350,14 +349,14 @@ def cmd_regenerate(args) -> int:
     elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
         from kafrob.bench.trained import stored_measurement, stored_path, train_command
 
-        kept = [e for e in cases if stored_path(f"{tier.name}:{e.id}").is_file()]
-        for e in sorted(set(cases) - set(kept), key=cases.index):
-            print(f"left out {e.id}: no kept model ({train_command(f'{tier.name}:{e.id}')})", file=sys.stderr)
+        kept = [case for case in tier.row_ids() if stored_path(f"{tier.name}:{case}").is_file()]
+        for case in (c for c in tier.row_ids() if c not in kept):
+            print(f"left out {case}: no kept model ({train_command(f'{tier.name}:{case}')})", file=sys.stderr)
         if not kept:
             raise ValueError(f"no {tier.name} model is kept yet: train one with --keep, evaluate it into "
                              f"reference_results/{tier.name}/shards")
         data = load_cifar10(args.data_dir)
-        measurements = [stored_measurement(tier.name, e.id, data) for e in kept]
+        measurements = [stored_measurement(tier.name, case, data) for case in kept]
     elif args.from_measurements:
         measurements = load_measurements(tier)
         missing = sorted({e.id for e in cases} - {m.case for m in measurements})
@@ -392,7 +391,7 @@ def _add_executor_args(p, unit: str, engines: tuple[str, ...] = ("serial", "loca
 
 def main(argv: list[str] | None = None) -> int:
     from kafrob.attacks import NAMED
-    from kafrob.bench.cases import BY_ID
+    from kafrob.bench.cases import BY_ID, CLEAN
     from kafrob.bench.tiers import TIERS
 
     parser = argparse.ArgumentParser(prog="kafrob", description=__doc__)
@@ -419,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("submit", help="run a tier's cases as jobs of a job engine (Slurm, or local processes)")
     p.add_argument("--tier", required=True, choices=[t for t in TIERS if t != "checkpoints"])
-    p.add_argument("--cases", nargs="+", choices=list(BY_ID), help="default: every case of the tier")
+    p.add_argument("--cases", nargs="+", choices=list(BY_ID) + [c + CLEAN for c in BY_ID],
+                   help="default: every case of the tier and its clean-training baselines (<case>-clean)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     _add_executor_args(p, "cases", engines=("local", "slurm"))

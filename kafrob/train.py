@@ -243,7 +243,9 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
             record["monitor_pgd_accuracy"] = float(np.mean(~fooled))
             one_step = fgsm(model, monitor_x, monitor_y, config.fbf.eps)
             record["monitor_fgsm_accuracy"] = float(np.mean(predict(model, one_step).numpy() == monitor_y))
-            reason = overfitting(meta["history"], record, config.monitor_drop, config.monitor_gap)
+            # catastrophic overfitting is adversarial training's failure: clean training is only monitored
+            reason = (overfitting(meta["history"], record, config.monitor_drop, config.monitor_gap)
+                      if config.fbf.adversarial else None)
             if reason:
                 meta["overfitting_epochs"].append(epoch + 1)
                 record["overfitting"] = reason

@@ -60,6 +60,20 @@ def test_overfitting_monitor_fires_on_a_drop_from_the_best_epoch():
                                                                "monitor_pgd_accuracy": 0.15}, 0.20, 0.25)
 
 
+@pytest.mark.parametrize("adversarial", [True, False], ids=["fbf", "clean"])
+def test_only_adversarial_training_stops_on_the_overfitting_flag(adversarial, tiny, tmp_path):
+    """A gap threshold under zero flags every epoch: FBF keeps the epoch before and stops; clean training, where
+    catastrophic overfitting cannot happen, records the monitor's readings and trains on."""
+    from kafrob.data import load_cifar10
+
+    config = dataclasses.replace(SMALL, epochs=2, batch_size=50, train_per_class=None, monitor_images=20,
+                                 monitor_gap=-1.0, early_stop=True, fbf=FBFConfig(adversarial=adversarial))
+    result = train(config, load_cifar10(tiny[0]), tmp_path, progress=False)
+    assert (result.stopped_early, result.overfitting_epochs) == ((True, [1]) if adversarial else (False, []))
+    assert [h["epoch"] for h in result.history] == ([1] if adversarial else [1, 2])
+    assert all("monitor_pgd_accuracy" in h for h in result.history)
+
+
 def _weights(model):
     return [v.numpy() for v in model.variables]
 

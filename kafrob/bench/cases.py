@@ -54,3 +54,17 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 
 BY_ID = {e.id: e for e in EXPERIMENTS}
 
+# The suffix of a case trained without adversarial examples (``kafrob train --clean``): the baseline FBF must beat
+# at the same budget (``resnet20-relu-clean``).
+CLEAN = "-clean"
+
+
+def experiment_of(case: str) -> Experiment:
+    """The experiment a case id names, with or without the clean-training suffix."""
+    return BY_ID[case.removesuffix(CLEAN)]
+
+
+def row_label(case: str) -> str:
+    """The activation column of a table row: ``relu``, or ``relu (clean training)``."""
+    return experiment_of(case).activation + (" (clean training)" if case.endswith(CLEAN) else "")
+

@@ -99,7 +99,8 @@ class ShardJob(_Resumable):
 
 
 class CaseJob(_Resumable):
-    """One tier case: ``kafrob.bench.run.benchmark`` (its Measurement goes to runs/measurements)."""
+    """One tier case or clean-training baseline (``<case>-clean``): ``kafrob.bench.run.benchmark`` (its Measurement
+    goes to runs/measurements)."""
 
     def __init__(self, case: str, tier: str, seed: int = 0, data_dir: str | None = None,
                  runs_dir: str | None = None):
@@ -110,14 +111,15 @@ class CaseJob(_Resumable):
 
         if self.runs_dir:
             os.environ["KAFROB_RUNS_DIR"] = self.runs_dir
-        from kafrob.bench.cases import BY_ID
+        from kafrob.bench.cases import CLEAN, experiment_of
         from kafrob.bench.run import benchmark
         from kafrob.bench.tiers import Source, get_tier
         from kafrob.data import load_cifar10
 
         tier = get_tier(self.tier)
         data = None if tier.source is Source.THESIS_CHECKPOINT else load_cifar10(self.data_dir)
-        measurement, failures = benchmark(BY_ID[self.case], tier, data, seed=self.seed, progress=False)
+        measurement, failures = benchmark(experiment_of(self.case), tier, data, seed=self.seed, progress=False,
+                                          clean=self.case.endswith(CLEAN))
         return {"case": self.case, "measurement": measurement.to_dict(), "failures": failures}
 
 

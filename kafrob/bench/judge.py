@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from kafrob.arithmetic import kaf_kernels
-from kafrob.bench.cases import EXPERIMENTS, Experiment
+from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
 from kafrob.bench.shards import (
     FIELDS,
     SHARDS_DIR,
@@ -75,18 +75,18 @@ def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
     """The numbers a case is held to: the thesis table, or this suite's stored measurement (+ its loss)."""
     if tier.reference is Reference.THESIS:
         return {m: getattr(e, t) for m, t in METRICS}
-    row = reference_row(e, tier)
+    row = reference_row(e.id, tier)
     expected = {m: row[m] for m, _ in METRICS}
     if row.get("train_loss") is not None:
         expected["train_loss"] = row["train_loss"]
     return expected
 
 
-def reference_row(e: Experiment, tier: Tier) -> dict:
+def reference_row(case: str, tier: Tier) -> dict:
     rows = reference(tier)["results"]
-    if e.id not in rows:
-        raise KeyError(f"{reference_file(tier)} has no row {e.id}; regenerate the {tier.name} references")
-    return rows[e.id]
+    if case not in rows:
+        raise KeyError(f"{reference_file(tier)} has no row {case}; regenerate the {tier.name} references")
+    return rows[case]
 
 
 def below_floors(m: Measurement, row: dict, margin: float) -> list[str]:
@@ -117,10 +117,25 @@ def tolerances(tier: Tier) -> dict[str, float]:
     return {"clean_accuracy": tier.tolerance, "robust_accuracy": tier.tolerance, "train_loss": LOSS_TOLERANCE}
 
 
-def compare(m: Measurement, e: Experiment, tier: Tier) -> list[str]:
+def fbf_margin(fbf: Measurement, clean: Measurement, tier: Tier) -> list[str]:
+    """Failures where FBF's robust accuracy (either label mode) beats the clean-training baseline's by less than the
+    kept models' margin less ``Tier.floor_margin``."""
+    failures = []
+    kept = {m.case: reference_row(m.case, tier) for m in (fbf, clean)}
+    for metric in ("robust_accuracy", "robust_accuracy_true"):
+        kept_gap = kept[fbf.case][metric] - kept[clean.case][metric]
+        gap = getattr(fbf, metric) - getattr(clean, metric)
+        if gap < kept_gap - tier.floor_margin:
+            failures.append(f"{fbf.case} {metric}: FBF beats clean training by {gap:+.2f} points, the kept models by "
+                            f"{kept_gap:+.2f}; floor {kept_gap - tier.floor_margin:+.2f} (less {tier.floor_margin})")
+    return failures
+
+
+def compare(m: Measurement, tier: Tier) -> list[str]:
     """Failures as readable lines; thesis references also allow the measurement's 95% sampling half-width."""
     if tier.reference is Reference.FLOORS:
-        return below_floors(m, reference_row(e, tier), tier.floor_margin)
+        return below_floors(m, reference_row(m.case, tier), tier.floor_margin)
+    e = BY_ID[m.case]
     failures = []
     measured_with = reference_kernels(tier)
     hint = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 from kafrob.activations import is_kaf
-from kafrob.bench.cases import BY_ID
+from kafrob.bench.cases import BY_ID, experiment_of, row_label
 from kafrob.bench.judge import Comparison, RowResult, common_rows, compare_all, thesis_table
 from kafrob.bench.shards import Merged
 from kafrob.bench.store import Measurement, reference, reference_file
@@ -34,8 +34,8 @@ def results_table(measurements: list[Measurement], tier: Tier, fmt: str = "githu
     true_labels = any(m.robust_accuracy_true is not None for m in measurements)
     rows = []
     for m in measurements:
-        e = BY_ID[m.case]
-        row = [e.model, e.activation, f"{m.clean_accuracy:.2f} [{m.clean_interval[0]:.1f}, {m.clean_interval[1]:.1f}]",
+        row = [experiment_of(m.case).model, row_label(m.case),
+               f"{m.clean_accuracy:.2f} [{m.clean_interval[0]:.1f}, {m.clean_interval[1]:.1f}]",
                f"{m.robust_accuracy:.2f} [{m.robust_interval[0]:.1f}, {m.robust_interval[1]:.1f}]", m.n_robust,
                f"{m.seconds / 3600:.2f}"]
         if true_labels:
@@ -83,17 +83,16 @@ def scatter_png(measurements: list[Measurement], tier: Tier, title: str, referen
     """Clean vs PGD accuracy per case with 95% intervals, one panel per model that has data, and (with
     ``reference_points``) the tier's reference points (x) joined to the measurements."""
     plt = _pyplot()
-    models = list(dict.fromkeys(BY_ID[m.case].model for m in measurements))
+    models = list(dict.fromkeys(experiment_of(m.case).model for m in measurements))
     ref = _reference_values(tier) if reference_points else {}
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        for m in (m for m in measurements if BY_ID[m.case].model == model):
-            e = BY_ID[m.case]
-            kaf = is_kaf(e.activation)
+        for m in (m for m in measurements if experiment_of(m.case).model == model):
+            kaf = is_kaf(experiment_of(m.case).activation)
             ax.errorbar(m.clean_accuracy, m.robust_accuracy, xerr=_error(m.clean_accuracy, m.clean_interval),
                         yerr=_error(m.robust_accuracy, m.robust_interval), fmt="*" if kaf else "o",
                         color="tab:red" if kaf else "tab:blue", capsize=2, markersize=7)
-            ax.annotate(e.activation, (m.clean_accuracy, m.robust_accuracy), fontsize=7, xytext=(3, 3),
+            ax.annotate(row_label(m.case), (m.clean_accuracy, m.robust_accuracy), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
             if m.case in ref:
                 acc, rob = ref[m.case]

@@ -21,7 +21,7 @@ from kafrob import atomic
 from kafrob.arithmetic import kaf_kernels
 from kafrob.attacks import RUNNERS
 from kafrob.attacks.common import predict
-from kafrob.bench.cases import Experiment
+from kafrob.bench.cases import CLEAN, Experiment
 from kafrob.bench.shards import (
     FIELDS,
     SHARD_IMAGES,
@@ -34,7 +34,14 @@ from kafrob.bench.shards import (
     save_shard,
     sibling,
 )
-from kafrob.bench.store import Measurement, code_version, environment, runs_dir, save_measurement
+from kafrob.bench.store import (
+    Measurement,
+    code_version,
+    current_measurement,
+    environment,
+    runs_dir,
+    save_measurement,
+)
 from kafrob.bench.tiers import Source, Tier
 from kafrob.data import Cifar10, to_float
 from kafrob.evaluate import evaluate, our_attack
@@ -51,12 +58,12 @@ class DryRun:
 
 
 def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
-                 strategy: tf.distribute.Strategy | None = None,
-                 dry_run: DryRun | None = None) -> tuple[keras.Model, list[dict]]:
+                 strategy: tf.distribute.Strategy | None = None, dry_run: DryRun | None = None,
+                 clean: bool = False) -> tuple[keras.Model, list[dict]]:
     """Train (or reuse the cached training of the same config and code), or load the released thesis model.
 
     Returns the model and its training history (per-epoch records; empty for released models). A dry run
-    trains in a fresh folder under runs/dry-run and is never reused.
+    trains in a fresh folder under runs/dry-run and is never reused. ``clean``: train without adversarial examples.
     """
     if tier.source is Source.THESIS_CHECKPOINT:
         if e.model != "resnet20":
@@ -64,13 +71,13 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
         from kafrob.checkpoints import load_thesis_model
 
         return load_thesis_model(e.activation), []
-    config = tier.train_config(e, seed)
+    config = tier.train_config(e, seed, adversarial=not clean)
     if dry_run is not None:
         result = train(config, data, Path(tempfile.mkdtemp(prefix=f"{e.id}-", dir=_mkdir(runs_dir() / "dry-run"))),
                        progress=progress, strategy=strategy, max_steps=dry_run.steps)
         return result.model, result.history
     kernels = f"-{kaf_kernels()}" if e.activation.startswith("kaf") else ""
-    run_dir = runs_dir() / "models" / f"{e.id}-{config.digest()}-{code_version()}{kernels}"
+    run_dir = runs_dir() / "models" / f"{e.id}{CLEAN if clean else ''}-{config.digest()}-{code_version()}{kernels}"
     weights = run_dir / "final.weights.h5"
     if weights.exists():
         model = build_for(config, "float32")
@@ -106,13 +113,17 @@ def _mkdir(path: Path) -> Path:
 
 
 def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progress: bool = True,
-             strategy: tf.distribute.Strategy | None = None, dry_run: DryRun | None = None) -> Measurement:
-    """Obtain the model (``strategy``: data-parallel training), evaluate it, save per-example results.
+             strategy: tf.distribute.Strategy | None = None, dry_run: DryRun | None = None,
+             clean: bool = False) -> Measurement:
+    """Obtain the model (``strategy``: data-parallel training; ``clean``: the case's clean-training baseline, row
+    ``<case>-clean``), evaluate it, save per-example results.
 
     The tier's attack is the compared one; an attack on the predicted labels (the thesis's protocol) is
     repeated on the true labels on the same images, reported beside it (``robust_accuracy_true``)."""
     start = time.time()
-    model, history = obtain_model(e, tier, data, seed=seed, progress=progress, strategy=strategy, dry_run=dry_run)
+    model, history = obtain_model(e, tier, data, seed=seed, progress=progress, strategy=strategy, dry_run=dry_run,
+                                  clean=clean)
+    case = e.id + (CLEAN if clean else "")
     clean_n = tier.clean_images if tier.clean_images is not None else len(data.y_test)  # None: all of them
     n = tier.test_images
     if dry_run is not None:
@@ -121,24 +132,26 @@ def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progres
     result = evaluate(model, data, n=n, clean_n=clean_n, attack=tier.attack, seed=seed, run_attack=attack,
                       progress=progress)
     folder = runs_dir() / ("dry-run" if dry_run else "results") / tier.name
-    result.save(folder / e.id)
+    result.save(folder / case)
     robust_true = None
     if tier.attack.label_mode == "predicted":
         true = evaluate(model, data, n=n, attack=dataclasses.replace(tier.attack, label_mode="true"),
                         seed=seed, run_attack=attack, progress=progress)
-        true.save(folder / f"{e.id}-true-labels")
+        true.save(folder / f"{case}-true-labels")
         robust_true = 100 * true.robust_accuracy
     pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
-    return Measurement(e.id, tier.name, 100 * result.clean_accuracy, 100 * result.robust_accuracy,
+    return Measurement(case, tier.name, 100 * result.clean_accuracy, 100 * result.robust_accuracy,
                        pct(result.clean_interval), pct(result.robust_interval), len(result.clean_indices),
                        result.n, time.time() - start, history[-1]["loss"] if history else None, robust_true)
 
 
 def benchmark(e: Experiment, tier: Tier, data: Cifar10 | None, *, seed: int = 0, progress: bool = True,
-              strategy: tf.distribute.Strategy | None = None) -> tuple[Measurement, list[str]]:
+              strategy: tf.distribute.Strategy | None = None, clean: bool = False) -> tuple[Measurement, list[str]]:
     """Run one case at one tier, store its Measurement (runs/measurements) and judge it: (measurement, failures).
 
     Released checkpoints are not re-evaluated: their stored evaluation is re-computed on a few images and judged.
+    ``clean``: the case's clean-training baseline, judged also by FBF's margin over it (the FBF case's measurement
+    by this code and seed, stored by its own ``benchmark``, or measured now: its trained model is cached).
     """
     from kafrob.bench import judge
 
@@ -146,9 +159,13 @@ def benchmark(e: Experiment, tier: Tier, data: Cifar10 | None, *, seed: int = 0,
         m = released_measurement(e.activation)
         failures = judge.recompute(f"thesis:{e.id}") + judge.released_failures(e.activation)
     else:
-        m = run_case(e, tier, data, seed=seed, progress=progress, strategy=strategy)
-        failures = judge.compare(m, e, tier)
-    save_measurement(m)
+        m = run_case(e, tier, data, seed=seed, progress=progress, strategy=strategy, clean=clean)
+        failures = judge.compare(m, tier)
+        if clean:
+            fbf = (current_measurement(tier.name, e.id, seed)
+                   or benchmark(e, tier, data, seed=seed, progress=progress, strategy=strategy)[0])
+            failures += judge.fbf_margin(fbf, m, tier)
+    save_measurement(m, seed)
     return m, failures
 
 

@@ -88,11 +88,21 @@ def measurement_path(tier_name: str, case: str) -> Path:
     return runs_dir() / "measurements" / tier_name / f"{case}.json"
 
 
-def save_measurement(m: Measurement) -> Path:
-    """With the environment and code version that computed it (``recorded``): measurements made on several machines
-    (cluster jobs) are combined only under one arithmetic (``common_environment``)."""
-    recorded = {"code_version": code_version(), **environment()}
+def save_measurement(m: Measurement, seed: int = 0) -> Path:
+    """With the seed, environment and code version that computed it (``recorded``): measurements made on several
+    machines (cluster jobs) are combined only under one arithmetic (``common_environment``)."""
+    recorded = {"code_version": code_version(), "seed": seed, **environment()}
     return atomic.write_json(measurement_path(m.tier, m.case), {**m.to_dict(), "recorded": recorded})
+
+
+def current_measurement(tier_name: str, case: str, seed: int = 0) -> Measurement | None:
+    """The stored measurement of a case if this code computed it with this seed, else None."""
+    path = measurement_path(tier_name, case)
+    row = json.loads(path.read_text()) if path.exists() else {}
+    recorded = row.get("recorded") or {}
+    if recorded.get("code_version") != code_version() or recorded.get("seed", 0) != seed:
+        return None
+    return Measurement.from_dict(row)
 
 
 def common_environment(tier: Tier) -> dict:
@@ -118,7 +128,7 @@ def common_environment(tier: Tier) -> dict:
 
 def load_measurements(tier: Tier) -> list[Measurement]:
     """The tier's measurements in runs/, in the thesis tables' row order."""
-    order = {e.id: i for i, e in enumerate(tier.cases())}
+    order = {case: i for i, case in enumerate(tier.row_ids())}
     folder = measurement_path(tier.name, "x").parent
     rows = [json.loads(p.read_text()) for p in folder.glob("*.json")]
     return sorted((Measurement.from_dict(r) for r in rows if r["case"] in order), key=lambda m: order[m.case])

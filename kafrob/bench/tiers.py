@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from kafrob.attacks.pgd import PGDConfig
-from kafrob.bench.cases import EXPERIMENTS, Experiment
+from kafrob.bench.cases import CLEAN, EXPERIMENTS, Experiment
 from kafrob.fbf import FBF_PREDICTED, FBFConfig
 from kafrob.train import TrainConfig
 
@@ -34,6 +34,7 @@ class Tier:
     tolerance: float = 0.0  # points added to the sampling half-width (thesis references; README "Tolerances")
     floor_margin: float = 5.0  # points under the stored measurement a re-trained model may land (floor references)
     case_ids: tuple[str, ...] | None = None  # the cases it runs; None: every case its source has
+    clean_baselines: tuple[str, ...] = ()  # cases also trained without adversarial examples: FBF must beat them
     train_per_class: int | None = None
     epochs: int | None = None  # None: each case's thesis epochs
     decay_epochs: int | None = None  # low-LR epochs after the one-cycle schedule; None: each case's (ResNet20: 20)
@@ -58,7 +59,12 @@ class Tier:
             return tuple(e for e in experiments if e.model == "resnet20")
         return tuple(experiments)
 
-    def train_config(self, e: Experiment, seed: int = 0) -> TrainConfig:
+    def row_ids(self) -> tuple[str, ...]:
+        """Its table's rows: the cases, then the clean-training baselines (``<case>-clean``)."""
+        return tuple(e.id for e in self.cases()) + tuple(c + CLEAN for c in self.clean_baselines)
+
+    def train_config(self, e: Experiment, seed: int = 0, adversarial: bool = True) -> TrainConfig:
+        """``adversarial=False``: the same budget without adversarial examples (a clean-training baseline)."""
         min_lr, max_lr = self.lr_bounds or (e.min_lr, e.max_lr)
         return TrainConfig(
             model=e.model, activation=e.activation, epochs=self.epochs or e.epochs, min_lr=min_lr,
@@ -67,7 +73,8 @@ class Tier:
             decay_epochs=e.decay_epochs if self.decay_epochs is None else min(self.decay_epochs, e.decay_epochs),
             decay_every=self.decay_every or TrainConfig.decay_every,
             jit_compile=self.train_xla, monitor_images=self.overfitting_monitor_images, early_stop=self.early_stop,
-            precision=self.precision, momentum=self.momentum, fbf=self.fbf)
+            precision=self.precision, momentum=self.momentum,
+            fbf=self.fbf if adversarial else dataclasses.replace(self.fbf, adversarial=False))
 
 
 THESIS_PGD = PGDConfig(iterations=50, restarts=10, label_mode="predicted")  # the thesis's evaluation (ART's PGD)
@@ -85,12 +92,13 @@ TIERS: dict[str, Tier] = {
     # leaking, docs/short_tier.md). The short tier therefore takes FBF's step against the model's own prediction
     # (FBF_PREDICTED, Kurakin et al.'s remedy) with the FBF paper's optimizer; the monitor keeps the epoch before
     # any overfitting.
-    # Rows: the thesis's main comparison. References: the models this suite trained and kept (reference_results/short/,
-    # kafrob.bench.trained) as floors: a re-trained model may land up to 5 points under them (the CPU's arithmetic
-    # changes the trajectory).
+    # Rows: the thesis's main comparison, and ReLU trained clean at the same budget, which FBF must beat by the
+    # kept models' measured margin less 5 points. References: the models this suite trained and kept
+    # (reference_results/short/, kafrob.bench.trained) as floors: a re-trained model may land up to 5 points under
+    # them (the CPU's arithmetic changes the trajectory).
     "short": Tier("short", Source.TRAIN, Reference.FLOORS, THESIS_PGD, epochs=10, decay_epochs=2, decay_every=1,
                   test_images=1000, lr_bounds=(0.01, 0.2), momentum=0.9, fbf=FBF_PREDICTED, early_stop=True,
-                  case_ids=("resnet20-relu", "resnet20-kaf", "resnet20-swish")),
+                  case_ids=("resnet20-relu", "resnet20-kaf", "resnet20-swish"), clean_baselines=("resnet20-relu",)),
     # The thesis protocol exactly (mixed precision with loss scaling, PGD against the predicted labels as the
     # thesis's ART evaluation; the true-label attack reported beside it); a GPU is needed.
     "full": Tier("full", Source.TRAIN, Reference.THESIS, THESIS_PGD, tolerance=3.0, precision="mixed_float16"),

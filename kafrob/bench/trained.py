@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 
 from kafrob import atomic
+from kafrob.bench.cases import CLEAN
 from kafrob.bench.store import REFERENCE_DIR, Measurement, code_version, environment
-
-CLEAN = "-clean"  # a case trained without adversarial examples (kafrob train --clean), kept beside the FBF one
 
 
 def stored_path(name: str, root: Path | None = None) -> Path:

@@ -22,27 +22,43 @@ def _measurement(case="resnet20-kaf", tier="full", clean=77.0, robust=50.0, loss
 
 def test_thesis_reference_allows_tolerance_plus_half_width():
     e, tier = BY_ID["resnet20-kaf"], get_tier("full")  # +-3 points + the half-width (0.8 clean, 3.5 robust)
-    assert judge.compare(_measurement(clean=e.thesis_accuracy - 3.5, robust=e.thesis_robustness + 6.4), e, tier) == []
-    (failure,) = judge.compare(_measurement(clean=e.thesis_accuracy - 4.0, robust=e.thesis_robustness), e, tier)
+    assert judge.compare(_measurement(clean=e.thesis_accuracy - 3.5, robust=e.thesis_robustness + 6.4), tier) == []
+    (failure,) = judge.compare(_measurement(clean=e.thesis_accuracy - 4.0, robust=e.thesis_robustness), tier)
     assert "clean_accuracy: measured 74.08%" in failure and "expected 78.08%" in failure
     assert "delta -4.00" in failure and "allowed +-3.80" in failure and "95% CI" in failure
 
 
 def test_floor_reference_asks_a_retrained_model_to_reach_the_kept_ones_less_the_margin(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
-    e, tier = BY_ID["resnet20-relu"], get_tier("short")  # floors 5 points under the kept model's numbers
+    tier = get_tier("short")  # floors 5 points under the kept model's numbers
     kept = dataclasses.replace(_measurement("resnet20-relu", "short", clean=60.0, robust=40.0),
                                robust_accuracy_true=30.0)
     (tmp_path / "short.json").write_text(json.dumps({"results": {"resnet20-relu": kept.to_dict()}}))
     better = dataclasses.replace(kept, clean_accuracy=70.0, robust_accuracy=35.5, robust_accuracy_true=25.0)
-    assert judge.compare(better, e, tier) == []
+    assert judge.compare(better, tier) == []
     worse = dataclasses.replace(kept, robust_accuracy=34.9, robust_accuracy_true=None)
-    failures = judge.compare(worse, e, tier)
+    failures = judge.compare(worse, tier)
     assert failures == ["resnet20-relu robust_accuracy: measured 34.90%, floor 35.00% (the kept model's 40.00% less "
                         "5.0 points)", "resnet20-relu robust_accuracy_true: measured nothing, floor 25.00% (the kept "
                         "model's 30.00% less 5.0 points)"]
     with pytest.raises(KeyError, match="has no row resnet20-kaf"):
-        judge.compare(worse, BY_ID["resnet20-kaf"], tier)
+        judge.compare(dataclasses.replace(worse, case="resnet20-kaf"), tier)
+
+
+def test_fbf_must_beat_clean_training_by_the_kept_models_margin_less_the_floor_margin(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
+    tier = get_tier("short")
+    fbf = dataclasses.replace(_measurement("resnet20-relu", "short", clean=60.0, robust=40.0),
+                              robust_accuracy_true=30.0)
+    clean = dataclasses.replace(_measurement("resnet20-relu-clean", "short", clean=85.0, robust=2.0),
+                                robust_accuracy_true=0.0)  # kept margins: 38 and 30 points
+    (tmp_path / "short.json").write_text(json.dumps({"results": {m.case: m.to_dict() for m in (fbf, clean)}}))
+    assert judge.fbf_margin(dataclasses.replace(fbf, robust_accuracy=35.0), clean, tier) == []  # 33 >= 38 - 5
+    (failure,) = judge.fbf_margin(fbf, dataclasses.replace(clean, robust_accuracy_true=5.5), tier)
+    assert failure == ("resnet20-relu robust_accuracy_true: FBF beats clean training by +24.50 points, the kept models "
+                       "by +30.00; floor +25.00 (less 5.0)")
+    assert judge.compare(dataclasses.replace(clean, clean_accuracy=79.9), tier) == [
+        "resnet20-relu-clean clean_accuracy: measured 79.90%, floor 80.00% (the kept model's 85.00% less 5.0 points)"]
 
 
 def test_suite_reference_pins_the_training_loss(tmp_path, monkeypatch):
@@ -53,15 +69,15 @@ def test_suite_reference_pins_the_training_loss(tmp_path, monkeypatch):
     row = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119, n=100).to_dict()
     (tmp_path / "smoke.json").write_text(json.dumps({"results": {"vgg-kaf": row}}))
     same = _measurement("vgg-kaf", "smoke", clean=11.0, robust=9.0, loss=2.3119 + 0.01, n=100)
-    assert judge.compare(same, e, tier) == []
+    assert judge.compare(same, tier) == []
     drifted = _measurement("vgg-kaf", "smoke", clean=10.0, robust=10.0, loss=2.3119 + 0.05, n=100)
-    (failure,) = judge.compare(drifted, e, tier)
+    (failure,) = judge.compare(drifted, tier)
     assert "train_loss" in failure and "trajectory changed" in failure and "KAF kernels" not in failure
     # References measured with the other KAF kernels: the failure says so.
     (tmp_path / "smoke.json").write_text(json.dumps({"environment": {"kaf_kernels": "compiled"},
                                                      "results": {"vgg-kaf": row}}))
     monkeypatch.setattr(judge, "kaf_kernels", lambda: "portable")
-    (failure,) = judge.compare(drifted, e, tier)
+    (failure,) = judge.compare(drifted, tier)
     assert "measured with the compiled KAF kernels, this run used the portable ones" in failure
     with pytest.raises(KeyError, match="no row vgg-relu"):
         judge.expected_values(BY_ID["vgg-relu"], tier)

@@ -51,3 +51,15 @@ def test_reading_follows_the_interval():
     (robust, _) = judge.compare_all(judge.common_rows(tie))
     assert "undecided at n=400" in report.reading(robust)
     assert "| kaf vs relu | base | true | robust |" in report.comparison_table([robust])
+
+
+def test_a_clean_training_baseline_has_its_own_row_and_point():
+    from kafrob.bench.store import Measurement
+    from kafrob.bench.tiers import get_tier
+
+    rows = (("resnet20-relu", 55.0, 30.0), ("resnet20-relu-clean", 85.0, 0.5))
+    ms = [Measurement(case, "short", clean, robust, (clean - 1, clean + 1), (robust - 3, robust + 3), 10000, 1000,
+                      3600.0, 1.2, robust - 5) for case, clean, robust in rows]
+    table = report.results_table(ms, get_tier("short"), deltas=False)
+    assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["relu", "relu (clean training)"]
+    assert report.scatter_png(ms, get_tier("short"), "short", reference_points=False).startswith(b"\x89PNG")

@@ -26,7 +26,42 @@ def test_full_tier_dry_run_end_to_end(tiny, tmp_path, monkeypatch):
     assert m.n_clean == m.n_robust == 10 and m.train_loss is not None and m.robust_accuracy_true is not None
     history = next((tmp_path / "runs" / "dry-run").glob("resnet20-kaf-*/history.json"))
     assert '"epoch": 2' in history.read_text() and "monitor_pgd_accuracy" in history.read_text()
-    failures = judge.compare(m, e, tier)
+    failures = judge.compare(m, tier)
     assert any("expected 78.08% (thesis)" in f for f in failures)  # 2 steps are far from the thesis
     table = report.results_table([m], tier)
     assert "PGD true labels %" in table and "PGD predicted labels % [95% CI]" in table and "thesis clean %" in table
+
+
+def test_a_clean_training_baseline_is_judged_by_fbfs_margin_over_it(tiny, tmp_path, monkeypatch):
+    """The short tier's shape cut to a VGG on 100 images: ``benchmark(clean=True)`` trains the case without
+    adversarial examples, measures the FBF case too where this code and seed have no measurement of it, and holds
+    the pair to the kept models' margin."""
+    import dataclasses
+    import json
+
+    from kafrob.attacks.pgd import PGDConfig
+    from kafrob.bench import run, store
+
+    monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path / "reference")
+    tier = dataclasses.replace(get_tier("short"), case_ids=("vgg-relu",), clean_baselines=("vgg-relu",), epochs=1,
+                               decay_epochs=0, batch_size=50, test_images=10, clean_images=10,
+                               overfitting_monitor_images=10, train_xla=False,
+                               attack=PGDConfig(iterations=2, restarts=1, label_mode="predicted"))
+    assert tier.row_ids() == ("vgg-relu", "vgg-relu-clean")
+    kept = {"vgg-relu": (90.0, 80.0), "vgg-relu-clean": (0.0, 0.0)}  # a margin no 1-epoch model reaches
+    rows = {case: {"clean_accuracy": 0.0, "robust_accuracy": r, "robust_accuracy_true": t}
+            for case, (r, t) in kept.items()}
+    (tmp_path / "reference").mkdir()
+    (tmp_path / "reference" / "short.json").write_text(json.dumps({"results": rows}))
+    measured = []
+    monkeypatch.setattr(run, "run_case", lambda *a, **k: measured.append(k["clean"]) or run_case(*a, **k))
+    data = load_cifar10(tiny[0])
+    m, failures = run.benchmark(BY_ID["vgg-relu"], tier, data, clean=True, progress=False)
+    assert m.case == "vgg-relu-clean" and measured == [True, False]  # the FBF case measured too, and stored
+    assert [f.split(":")[0] for f in failures] == ["vgg-relu robust_accuracy", "vgg-relu robust_accuracy_true"]
+    history = json.loads(next((tmp_path / "runs" / "models").glob("vgg-relu-clean-*/history.json")).read_text())
+    assert history["config"]["fbf"]["adversarial"] is False
+    run.benchmark(BY_ID["vgg-relu"], tier, data, clean=True, progress=False)
+    assert measured == [True, False, True]  # this code's and seed's FBF measurement is reused
+    assert store.current_measurement("short", "vgg-relu", seed=1) is None

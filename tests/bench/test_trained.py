@@ -8,6 +8,7 @@ import pytest
 
 from kafrob import cli
 from kafrob.bench import judge, trained
+from kafrob.bench.cases import CLEAN
 from kafrob.bench.tiers import get_tier
 from kafrob.data import load_cifar10
 
@@ -73,3 +74,24 @@ def test_kept_short_model_reproduces_its_stored_evaluation(case, cifar):
     if not trained.stored_path(f"short:{case}").is_file():
         pytest.skip(f"short:{case} is not trained and kept yet (kafrob train --case {case} --tier short --keep)")
     assert judge.recompute(f"short:{case}", trained.shards_root("short")) == []
+
+
+@pytest.mark.parametrize("case", get_tier("short").clean_baselines)
+def test_kept_fbf_model_beats_its_clean_training_baseline_on_the_same_images(case):
+    """The stored evidence for "FBF beats clean training at the same budget": on the images both stored evaluations
+    cover, FBF's robust accuracy is higher in both label modes, paired 95% interval above zero, McNemar p < 0.05."""
+    from kafrob.bench.shards import merge, protocol_spec
+    from kafrob.stats import paired_comparison
+
+    names = {"fbf": f"short:{case}", "clean": f"short:{case}{CLEAN}"}
+    for name in names.values():
+        if not trained.stored_path(name).is_file():
+            pytest.skip(f"{name} is not trained and kept yet ({trained.train_command(name)})")
+    for mode in ("predicted", "true"):
+        merged = {(key, mode): merge(protocol_spec(name, mode), trained.shards_root("short"))
+                  for key, name in names.items()}
+        rows = judge.common_rows(merged)
+        c = paired_comparison(rows[("fbf", mode)].robust, rows[("clean", mode)].robust)
+        print(f"{case} {mode} labels: FBF - clean training {100 * c.difference:+.1f} points "
+              f"[{100 * c.interval[0]:+.1f}, {100 * c.interval[1]:+.1f}], n={c.n}, McNemar p={c.mcnemar_p:.2g}")
+        assert c.interval[0] > 0 and c.mcnemar_p < 0.05
