@@ -67,12 +67,12 @@ def test_a_clean_training_run_is_kept_beside_the_fbf_one(tiny, tmp_path, monkeyp
                                                                  "--clean --keep")
 
 
-@pytest.mark.parametrize("case", [e.id for e in get_tier("short").cases()])
+@pytest.mark.parametrize("case", get_tier("short").row_ids())
 def test_kept_short_model_reproduces_its_stored_evaluation(case, cifar):
     """The kept weights, attacked again on the first images of stored shard 0 (both label modes, the stored
     arithmetic, a child process): every per-example field identical."""
     if not trained.stored_path(f"short:{case}").is_file():
-        pytest.skip(f"short:{case} is not trained and kept yet (kafrob train --case {case} --tier short --keep)")
+        pytest.skip(f"short:{case} is not trained and kept yet ({trained.train_command(f'short:{case}')})")
     assert judge.recompute(f"short:{case}", trained.shards_root("short")) == []
 
 
