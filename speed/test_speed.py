@@ -1,8 +1,9 @@
-"""pytest-benchmark timings: KAF vs ReLU (layer and FBF step), FBF vs clean step, our PGD vs ART's PGD.
+"""pytest-benchmark timings: KAF vs ReLU (layer and FBF step), FBF vs clean step, our PGD vs ART's PGD, and the cost
+per image of PGD-50x10, our AutoAttack and ART's AutoAttack on a released model.
 
 Run with `nox -s speed` (autosaved; compare commits with `--benchmark-compare`). The ratios the issues
-set targets for (KAF/ReLU <= 1.5, FBF/clean <= 2.0, ART/kafrob PGD >= 2) are printed at the end of the
-run (see conftest.py); train steps also store their peak allocator memory in extra_info. These are
+set targets for (KAF/ReLU <= 1.5, FBF/clean <= 2.0, ART/kafrob PGD >= 2) and the attacks' cost ratios are printed at
+the end of the run (see conftest.py); train steps also store their peak allocator memory in extra_info. These are
 measurements, not timed assertions, in their own folder so that the tiers (`pytest benchmark`) never run them.
 """
 
@@ -121,4 +122,52 @@ def test_pgd10_resnet20(benchmark, speed_record, backend):
         from kafrob.attacks.art import art_pgd
 
         benchmark.pedantic(lambda: art_pgd(model, x.numpy(), y.numpy(), cfg, 0), rounds=2, warmup_rounds=0)
+    speed_record()
+
+
+EVALUATION_IMAGES = 8
+
+
+@pytest.mark.parametrize("evaluation", ["pgd50x10", "autoattack", "art-autoattack"])
+def test_robust_evaluation_cost(benchmark, speed_record, evaluation):
+    """The cost per image of a robust-accuracy evaluation on the released ReLU model, the same real test images (the
+    first of the stored evaluation order; true labels) for each: the thesis's PGD-50x10, our AutoAttack (the
+    standard composition) and ART's ``AutoAttack`` with its default attacks (APGD-CE and APGD-DLR with 5 restarts
+    each, DeepFool, Square; eps 8/255, its step 2/255). Each attack runs only on the images still robust, so the
+    cost depends on the model and the images: compare the three from one run."""
+    import os
+
+    from kafrob.attacks import attack, named
+    from kafrob.bench.shards import evaluation_order
+    from kafrob.checkpoints import CheckpointError, load_thesis_model
+    from kafrob.data import ENV_VAR, load_cifar10, to_float
+
+    if not os.environ.get(ENV_VAR):
+        pytest.skip(f"{ENV_VAR} is not set (real test images are needed: the costs depend on which stay robust)")
+    try:
+        model = load_thesis_model("relu")
+    except CheckpointError as exc:
+        pytest.skip(str(exc))
+    data = load_cifar10()
+    idx = evaluation_order(data.y_test)[:EVALUATION_IMAGES]
+    x, y = to_float(data.x_test[idx]).numpy(), data.y_test[idx].astype(np.int32)
+    if evaluation == "art-autoattack":
+        from art.attacks.evasion import AutoAttack
+
+        from kafrob.attacks.art import art_classifier
+
+        def run():
+            np.random.seed(0)
+            return AutoAttack(art_classifier(model), eps=8 / 255, eps_step=2 / 255,
+                              batch_size=EVALUATION_IMAGES).generate(x=x, y=y.astype(np.int64))
+    else:
+        config = named("pgd", iterations=50, restarts=10) if evaluation == "pgd50x10" else named(evaluation)
+        attack(model, x[:1], y[:1], config, seed=0)  # compile outside the timing
+
+        def run():
+            return attack(model, x, y, config, seed=0)
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    if benchmark.stats is not None:
+        benchmark.extra_info["seconds_per_image"] = benchmark.stats.stats.median / EVALUATION_IMAGES
     speed_record()
