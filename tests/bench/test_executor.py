@@ -3,6 +3,11 @@ after a preemption, one clear failure for a bad configuration."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import numpy as np
 import submitit  # noqa: F401  (its import reconfigures logging, closing open handlers: do it at collection)
 
@@ -47,19 +52,39 @@ def test_local_jobs_end_in_the_same_files_as_the_serial_path(tiny, tmp_path):
     _same(specs, tmp_path / "serial", tmp_path / "jobs-out")
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_a_job_stopped_at_its_time_limit_is_requeued_and_resumes_to_the_uninterrupted_result(tiny, tmp_path):
-    """The time limit's signal (as Slurm sends before the limit, or on preemption) makes submitit checkpoint the
-    job and requeue it; the requeued job finds the finished shards and computes only the others."""
+    """The time limit's signal (SIGUSR2, as Slurm sends before the limit, or on preemption) makes submitit
+    checkpoint the job and requeue it; the requeued job finds the finished shards and computes only the others.
+    The signal is sent once the first shard is written (not at a wall-clock time: a slow or busy machine would
+    otherwise be signalled before any shard is done)."""
     data_dir, model_path = tiny
-    specs, plan = _plan(model_path, 6, iterations=4000)  # several seconds per shard: the limit falls mid-run
+    specs, plan = _plan(model_path, 6, iterations=1000)  # a second or more per shard: the signal falls mid-run
     root = tmp_path / "out"
-    limited = ex.Resources(cpus=1, timeout_min=2, signal_delay_s=80, max_timeouts=5)  # signal 40 s after each start
-    (job,) = ex.submit([ex.ShardJob(plan, root, str(data_dir))], ex.Engine.LOCAL, tmp_path / "logs", limited)
+    (job,) = ex.submit([ex.ShardJob(plan, root, str(data_dir))], ex.Engine.LOCAL, tmp_path / "logs",
+                       ex.Resources(cpus=1, timeout_min=30, max_timeouts=3))
+    deadline = time.time() + 900
+    while not any(root.rglob("shard-*.npz")) and not job.done() and time.time() < deadline:
+        time.sleep(0.2)
+    (task,) = _children(job._process.pid)  # the controller's one task: the job's Python process
+    os.kill(task, signal.SIGUSR2)
     report = ex.wait([job], poll_s=1, progress=lambda _: None)
     assert report.failures == []
     log = job.stdout() or ""
     starts = [int(line.split("kafrob: ")[1].split(" of ")[0]) for line in log.splitlines() if " shards done, " in line]
-    assert len(starts) >= 2 and starts[0] == 0 and 0 < starts[1] < 12, log  # requeued, resumed mid-plan
+    assert len(starts) == 2 and starts[0] == 0 and 0 < starts[1] < 12, log  # requeued once, resumed mid-plan
     assert "Requeued job" in (job.stderr() or "") + log
     _serial(plan, tmp_path / "serial", data_dir)
     _same(specs, tmp_path / "serial", root)
