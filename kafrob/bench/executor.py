@@ -19,6 +19,9 @@ writes; ``kafrob merge``, ``verdict``, ``table`` and ``regenerate`` read them un
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,9 +66,36 @@ FULL_CASE = Resources(gpus=1, cpus=8, mem_gb=32, timeout_min=240)
 CPU_SHARD = Resources(gpus=0, cpus=2, mem_gb=8, timeout_min=120)
 
 
+def exit_at_once(handler: Callable) -> Callable:
+    """A signal handler that runs ``handler`` and ends the process at once where it asks to exit.
+
+    submitit's preemption handler checkpoints, requeues and then raises SystemExit wherever the signal interrupts the
+    main thread. Inside TensorFlow's C++ code that exception can be replaced (a job requeued while a function was
+    being traced failed with pybind11's "MISMATCH of original and normalized active exception types ... REPLACED BY
+    SystemExit"), so the job ended as failed instead of requeued. Finished work is on disk (atomic files), so
+    nothing is lost by leaving without unwinding."""
+
+    def on_signal(signum, frame):
+        try:
+            handler(signum, frame)
+        except SystemExit as exc:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+
+    return on_signal
+
+
 class _Resumable:
     """submitit calls ``checkpoint`` on preemption or at the time limit and requeues what it returns: the same
-    job, which resumes from what is on disk (submitit.helpers.Checkpointable, without importing submitit here)."""
+    job, which resumes from what is on disk (submitit.helpers.Checkpointable, without importing submitit here).
+    Subclasses implement ``run``."""
+
+    def __call__(self):
+        handler = signal.getsignal(signal.SIGUSR2)  # submitit's, in a job; the default in this process (serial)
+        if callable(handler):
+            signal.signal(signal.SIGUSR2, exit_at_once(handler))
+        return self.run()
 
     def checkpoint(self, *args, **kwargs):
         from submitit.helpers import DelayedSubmission
@@ -80,7 +110,7 @@ class ShardJob(_Resumable):
     def __init__(self, plan: Sequence, root: str | Path, data_dir: str | None = None, recompute: bool = False):
         self.plan, self.root, self.data_dir, self.recompute = list(plan), str(root), data_dir, recompute
 
-    def __call__(self) -> list[str]:
+    def run(self) -> list[str]:
         from kafrob.bench import run
         from kafrob.data import load_cifar10
 
@@ -106,9 +136,7 @@ class CaseJob(_Resumable):
                  runs_dir: str | None = None):
         self.case, self.tier, self.seed, self.data_dir, self.runs_dir = case, tier, seed, data_dir, runs_dir
 
-    def __call__(self) -> dict:
-        import os
-
+    def run(self) -> dict:
         if self.runs_dir:
             os.environ["KAFROB_RUNS_DIR"] = self.runs_dir
         from kafrob.bench.cases import CLEAN, experiment_of

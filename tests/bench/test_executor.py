@@ -90,6 +90,30 @@ def test_a_job_stopped_at_its_time_limit_is_requeued_and_resumes_to_the_uninterr
     _same(specs, tmp_path / "serial", root)
 
 
+def test_a_requeue_exit_cannot_be_intercepted_by_the_code_it_interrupts():
+    """submitit's requeue raises SystemExit wherever the signal lands; code there (TensorFlow's C++ bindings, here an
+    ``except BaseException``) must not turn it into another error: ``exit_at_once`` leaves with its exit code."""
+    import subprocess
+    import sys
+
+    script = """
+import os, signal, sys, time
+from kafrob.bench.executor import exit_at_once
+wrap = sys.argv[1] == "wrapped"
+requeue = lambda signum, frame: sys.exit(144)  # submitit's local requeue exit code
+signal.signal(signal.SIGUSR2, exit_at_once(requeue) if wrap else requeue)
+try:
+    os.kill(os.getpid(), signal.SIGUSR2)
+    time.sleep(5)
+except BaseException as exc:
+    print("intercepted", type(exc).__name__)
+"""
+    runs = {mode: subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True)
+            for mode in ("plain", "wrapped")}
+    assert (runs["plain"].returncode, runs["plain"].stdout.strip()) == (0, "intercepted SystemExit")
+    assert (runs["wrapped"].returncode, runs["wrapped"].stdout) == (144, "")
+
+
 def test_a_bad_configuration_fails_once_with_its_error(tiny, tmp_path):
     data_dir, _ = tiny
     _, plan = _plan(tmp_path / "missing.keras", 1)
