@@ -53,7 +53,8 @@ def keep(run_dir: Path, tier: str, case: str, root: Path | None = None) -> Path:
     atomic.atomic_write(target, lambda f: f.write(model.read_bytes()))
     record = {"case": case, "tier": tier, **meta, "code_version": code_version(), **environment()}
     atomic.write_json(target.with_suffix(".history.json"), record)
-    atomic.atomic_write(target.with_suffix(".curves.png"), lambda f: f.write(curves_png(meta["history"], case)))
+    png = curves_png(meta["history"], case, meta["config"]["fbf"]["adversarial"])
+    atomic.atomic_write(target.with_suffix(".curves.png"), lambda f: f.write(png))
     return target
 
 
@@ -61,18 +62,20 @@ def load_history(name: str, root: Path | None = None) -> dict:
     return json.loads(stored_path(name, root).with_suffix(".history.json").read_text())
 
 
-def curves_png(history: list[dict], title: str) -> bytes:
-    """Training loss and accuracy (on the FBF examples), the monitor's PGD-5 accuracy and the LR, per epoch."""
+def curves_png(history: list[dict], title: str, adversarial: bool = True) -> bytes:
+    """Training loss and accuracy (on the FBF examples, or the clean ones), the monitor's PGD-5 accuracy and the LR,
+    per epoch."""
     from kafrob.bench.report import _png, _pyplot
 
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(epochs, [h["loss"] for h in history], "o-", label="training loss (FBF examples)")
+    examples = "FBF examples" if adversarial else "clean examples"
+    left.plot(epochs, [h["loss"] for h in history], "o-", label=f"training loss ({examples})")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     left.legend(loc="upper right")
-    right.plot(epochs, [100 * h["accuracy"] for h in history], "o-", label="training accuracy (FBF examples)")
+    right.plot(epochs, [100 * h["accuracy"] for h in history], "o-", label=f"training accuracy ({examples})")
     if any("monitor_pgd_accuracy" in h for h in history):
         right.plot(epochs, [100 * h.get("monitor_pgd_accuracy", float("nan")) for h in history], "s-",
                    label="PGD-5 accuracy, monitor batch")
