@@ -97,6 +97,10 @@ def fab_run(model: keras.Model, x, y, targets, *, iterations: int, alpha_max: fl
         adv = tf.where(better[:, None, None, None], x1, adv)
         distance = tf.where(better, dist, distance)
         x1 = tf.where(changed[:, None, None, None], x + (x1 - x) * beta, x1)
+        # the projection's batch size is dynamic: restore the static shapes the loop started with (a batch of
+        # one image, traced with its size known, failed otherwise)
+        adv, x1, distance = tf.ensure_shape(adv, x.shape), tf.ensure_shape(x1, x.shape), tf.ensure_shape(
+            distance, x.shape[:1])
     return adv, distance
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from kafrob.attacks import attack, named
+from kafrob.attacks import NAMED, attack, named
 from kafrob.attacks.autoattack import COMPONENTS
 
 
@@ -25,3 +26,12 @@ def test_masking_flags_fire_on_a_quantised_input(linear, quantised):
     raised = " | ".join(out.flags.raised)
     assert out.flags.square_only > 0 and "Square fooled" in raised
     assert out.flags.bad_start_gradients == len(y) and "zero or non-finite" in raised
+
+
+@pytest.mark.parametrize("name", list(NAMED))
+def test_every_attack_runs_on_a_single_image(linear, name):
+    """A batch of one (in AutoAttack, often the one image still robust when a component starts), traced with its
+    size known: FAB's loop once failed on it ("shape (1, ...) before the loop, but shape (None, ...) after")."""
+    sizes = {"queries": 500} if name in ("square", "autoattack") else {}
+    out = attack(linear.model, linear.x[:1], linear.y[:1], named(name, eps=float(linear.radius()[0]) * 1.5, **sizes))
+    assert out.fooled.tolist() == [True]  # 1.5 times its robust radius: every attack finds it
