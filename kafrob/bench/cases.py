@@ -59,6 +59,11 @@ BY_ID = {e.id: e for e in EXPERIMENTS}
 CLEAN = "-clean"
 
 
+def case_id(e: Experiment, clean: bool = False) -> str:
+    """A row's id: the experiment's, or its clean-training baseline's (``resnet20-relu-clean``)."""
+    return e.id + (CLEAN if clean else "")
+
+
 def experiment_of(case: str) -> Experiment:
     """The experiment a case id names, with or without the clean-training suffix."""
     return BY_ID[case.removesuffix(CLEAN)]

@@ -21,7 +21,7 @@ from kafrob import atomic
 from kafrob.arithmetic import kaf_kernels
 from kafrob.attacks import RUNNERS
 from kafrob.attacks.common import predict
-from kafrob.bench.cases import CLEAN, Experiment
+from kafrob.bench.cases import Experiment, case_id
 from kafrob.bench.shards import (
     FIELDS,
     SHARD_IMAGES,
@@ -77,7 +77,7 @@ def obtain_model(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, pro
                        progress=progress, strategy=strategy, max_steps=dry_run.steps)
         return result.model, result.history
     kernels = f"-{kaf_kernels()}" if e.activation.startswith("kaf") else ""
-    run_dir = runs_dir() / "models" / f"{e.id}{CLEAN if clean else ''}-{config.digest()}-{code_version()}{kernels}"
+    run_dir = runs_dir() / "models" / f"{case_id(e, clean)}-{config.digest()}-{code_version()}{kernels}"
     weights = run_dir / "final.weights.h5"
     if weights.exists():
         model = build_for(config, "float32")
@@ -123,7 +123,7 @@ def run_case(e: Experiment, tier: Tier, data: Cifar10, *, seed: int = 0, progres
     start = time.time()
     model, history = obtain_model(e, tier, data, seed=seed, progress=progress, strategy=strategy, dry_run=dry_run,
                                   clean=clean)
-    case = e.id + (CLEAN if clean else "")
+    case = case_id(e, clean)
     clean_n = tier.clean_images if tier.clean_images is not None else len(data.y_test)  # None: all of them
     n = tier.test_images
     if dry_run is not None:
