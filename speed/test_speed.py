@@ -152,7 +152,6 @@ def test_robust_evaluation_cost(benchmark, speed_record, evaluation):
     idx = evaluation_order(data.y_test)[:EVALUATION_IMAGES]
     x, y = to_float(data.x_test[idx]).numpy(), data.y_test[idx].astype(np.int32)
     if evaluation == "art-autoattack":
-        pytest.importorskip("multiprocess", reason="ART's AutoAttack.generate imports it: pip install multiprocess")
         from art.attacks.evasion import AutoAttack
 
         from kafrob.attacks.art import art_classifier
