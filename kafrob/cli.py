@@ -343,11 +343,11 @@ def cmd_regenerate(args) -> int:
 
     tier = get_tier(args.tier)
     cases = list(tier.cases())
-    env = None
+    env, comparisons = None, None
     if tier.source is Source.THESIS_CHECKPOINT:
         measurements = [released_measurement(e.activation) for e in cases]
     elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
-        from kafrob.bench.trained import stored_measurement, stored_path, train_command
+        from kafrob.bench.trained import stored_comparisons, stored_measurement, stored_path, train_command
 
         kept = [case for case in tier.row_ids() if stored_path(f"{tier.name}:{case}").is_file()]
         for case in (c for c in tier.row_ids() if c not in kept):
@@ -357,6 +357,7 @@ def cmd_regenerate(args) -> int:
                              f"reference_results/{tier.name}/shards")
         data = load_cifar10(args.data_dir)
         measurements = [stored_measurement(tier.name, case, data) for case in kept]
+        comparisons = stored_comparisons(tier.name, kept)
     elif args.from_measurements:
         measurements = load_measurements(tier)
         missing = sorted({e.id for e in cases} - {m.case for m in measurements})
@@ -370,7 +371,7 @@ def cmd_regenerate(args) -> int:
     else:
         data = load_cifar10(args.data_dir)
         measurements = [run_case(e, tier, data) for e in cases]  # any failure raises before anything is written
-    for path in write_references(measurements, tier, env):
+    for path in write_references(measurements, tier, env, comparisons):
         _print(f"wrote {path}")
     return 0
 

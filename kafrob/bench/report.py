@@ -127,6 +127,12 @@ def reading(c: Comparison) -> str:
             f"the difference lies in [{lo:+.1f}, {hi:+.1f}] points")
 
 
+def paired_section(comparisons: list[Comparison]) -> str:
+    """Markdown: the paired comparisons' table, then what each robust-accuracy comparison supports."""
+    return (f"## Paired comparisons\n\n{comparison_table(comparisons)}\n## Readings\n\n"
+            + "".join(f"* {reading(c)}\n" for c in comparisons if c.metric == "robust"))
+
+
 def rows_table(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]]) -> str:
     """Per row: clean and robust accuracy per label mode with Wilson 95% intervals, and the thesis's numbers."""
     modes = sorted({mode for _, mode in rows})
@@ -187,6 +193,5 @@ def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tu
     md = (f"# Released thesis ResNet20 models: {attack}\n\n"
           f"{next(iter(rows.values())).n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
           f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{rows_table(rows, thesis)}\n"
-          f"## Paired comparisons\n\n{comparison_table(comparisons)}\n## Readings\n\n"
-          + "".join(f"* {reading(c)}\n" for c in comparisons if c.metric == "robust"))
+          + paired_section(comparisons))
     return md, verdict_png(rows, thesis, attack)

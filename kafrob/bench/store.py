@@ -146,10 +146,12 @@ def reference(tier: Tier) -> dict:
     return json.loads(path.read_text())
 
 
-def write_references(measurements: list[Measurement], tier: Tier, env: dict | None = None) -> list[Path]:
+def write_references(measurements: list[Measurement], tier: Tier, env: dict | None = None,
+                     comparisons: list | None = None) -> list[Path]:
     """All reference files of a tier, each written atomically, only once every case has succeeded; ``env``: where
-    they were measured (default: this process)."""
-    from kafrob.bench.report import results_table, scatter_png
+    they were measured (default: this process); ``comparisons`` (kafrob.bench.judge.Comparison): paired
+    comparisons of its rows, added to the markdown."""
+    from kafrob.bench.report import paired_section, results_table, scatter_png
 
     against = tier.reference is Reference.THESIS  # a suite reference is these numbers: nothing to compare
     stem = REFERENCE_DIR / tier.name
@@ -160,6 +162,7 @@ def write_references(measurements: list[Measurement], tier: Tier, env: dict | No
     table = results_table(measurements, tier, deltas=against)
     csv = results_table(measurements, tier, "tsv", deltas=against).replace("\t", ",")
     return [atomic.write_json(stem.with_suffix(".json"), payload),
-            atomic.write_text(stem.with_suffix(".md"), f"# {title}\n\n{table}\n"),
+            atomic.write_text(stem.with_suffix(".md"), f"# {title}\n\n{table}\n"
+                              + (f"\n{paired_section(comparisons)}" if comparisons else "")),
             atomic.write_text(stem.with_suffix(".csv"), csv + "\n"),
             atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))]

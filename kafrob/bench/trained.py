@@ -4,7 +4,8 @@ digest, the per-epoch loss, accuracy, learning rate, seconds and catastrophic-ov
 code version and the arithmetic) and ``<case>.curves.png``. They are named ``<tier>:<case>`` (``short:resnet20-relu``)
 wherever a model is expected. Their PGD evaluation is stored as shards under ``reference_results/<tier>/shards``
 (kafrob.bench.shards, the thesis protocol in both label modes); ``stored_measurement`` makes a tier's Measurement of
-both, the floors a re-trained model is held to (kafrob.bench.judge)."""
+both, the floors a re-trained model is held to (kafrob.bench.judge); ``stored_comparisons`` compares the kept
+models pairwise on the images their shards share."""
 
 from __future__ import annotations
 
@@ -115,3 +116,23 @@ def stored_measurement(tier: str, case: str, data, root: Path | None = None,
                        pct(wilson_interval(k_clean, len(correct))), pct(wilson_interval(k_robust, n)), len(correct), n,
                        seconds, history["history"][-1]["loss"],
                        100 * float(robust["true"].robust_correct.mean()))
+
+
+def stored_comparisons(tier: str, cases: list[str], root: Path | None = None) -> list:
+    """The kept models of ``cases`` against each other on the images all their stored shards cover, per label mode
+    (kafrob.bench.judge.compare_all's pairs, then each FBF model against its clean-training baseline)."""
+    from kafrob.bench.cases import row_label
+    from kafrob.bench.judge import Comparison, common_rows, compare_all
+    from kafrob.bench.shards import merge, protocol_spec
+    from kafrob.stats import paired_comparison
+
+    merged = {(row_label(case), mode): merge(protocol_spec(f"{tier}:{case}", mode), shards_root(tier, root))
+              for case in cases for mode in ("predicted", "true")}
+    rows = common_rows(merged)
+    out = compare_all(rows)
+    for case in (c for c in cases if c + CLEAN in cases):
+        a, b = row_label(case), row_label(case + CLEAN)
+        out += [Comparison(a, b, "FBF vs clean training", mode, metric,
+                           paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
+                for mode in ("predicted", "true") for metric in ("robust", "clean")]
+    return out

@@ -35,6 +35,19 @@ def test_references_are_written_all_or_nothing(tmp_path, monkeypatch):
 
 
 
+def test_paired_comparisons_go_into_the_markdown_only(tmp_path, monkeypatch):
+    from kafrob.bench.judge import Comparison
+    from kafrob.stats import paired_comparison
+
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
+    c = Comparison("kaf", "relu", "base", "predicted", "robust", paired_comparison([1, 1, 0, 1], [0, 1, 0, 1]))
+    store.write_references([_measurement("resnet20-kaf"), _measurement("resnet20-relu")], get_tier("short"),
+                           comparisons=[c])
+    md = (tmp_path / "short.md").read_text()
+    assert "## Paired comparisons" in md and "| kaf vs relu | base | predicted | robust | +25.00" in md
+    assert "kaf vs relu (robust, predicted labels): undecided at n=4" in md
+    assert "Paired" not in (tmp_path / "short.csv").read_text()
+
 def test_measurements_round_trip_in_table_order(tmp_path, monkeypatch):
     monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path))
     for case in ("resnet20-kaf", "vgg-relu", "not-a-case"):

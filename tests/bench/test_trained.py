@@ -80,18 +80,14 @@ def test_kept_short_model_reproduces_its_stored_evaluation(case, cifar):
 def test_kept_fbf_model_beats_its_clean_training_baseline_on_the_same_images(case):
     """The stored evidence for "FBF beats clean training at the same budget": on the images both stored evaluations
     cover, FBF's robust accuracy is higher in both label modes, paired 95% interval above zero, McNemar p < 0.05."""
-    from kafrob.bench.shards import merge, protocol_spec
-    from kafrob.stats import paired_comparison
-
-    names = {"fbf": f"short:{case}", "clean": f"short:{case}{CLEAN}"}
-    for name in names.values():
+    for name in (f"short:{case}", f"short:{case}{CLEAN}"):
         if not trained.stored_path(name).is_file():
             pytest.skip(f"{name} is not trained and kept yet ({trained.train_command(name)})")
-    for mode in ("predicted", "true"):
-        merged = {(key, mode): merge(protocol_spec(name, mode), trained.shards_root("short"))
-                  for key, name in names.items()}
-        rows = judge.common_rows(merged)
-        c = paired_comparison(rows[("fbf", mode)].robust, rows[("clean", mode)].robust)
-        print(f"{case} {mode} labels: FBF - clean training {100 * c.difference:+.1f} points "
-              f"[{100 * c.interval[0]:+.1f}, {100 * c.interval[1]:+.1f}], n={c.n}, McNemar p={c.mcnemar_p:.2g}")
-        assert c.interval[0] > 0 and c.mcnemar_p < 0.05
+    found = [c for c in trained.stored_comparisons("short", [case, case + CLEAN]) if c.metric == "robust"]
+    assert [(c.why, c.label_mode) for c in found] == [("FBF vs clean training", "predicted"),
+                                                      ("FBF vs clean training", "true")]
+    for c in found:
+        r = c.result
+        print(f"{case} {c.label_mode} labels: FBF - clean training {100 * r.difference:+.1f} points "
+              f"[{100 * r.interval[0]:+.1f}, {100 * r.interval[1]:+.1f}], n={r.n}, McNemar p={r.mcnemar_p:.2g}")
+        assert r.interval[0] > 0 and r.mcnemar_p < 0.05
