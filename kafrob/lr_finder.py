@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from kafrob.data import Cifar10, stratified_indices, train_dataset
 from kafrob.fbf import make_train_step
-from kafrob.train import TrainConfig, build_for
+from kafrob.train import TrainConfig, build_for, make_optimizer
 
 
 @dataclass
@@ -48,7 +48,7 @@ def range_test(config: TrainConfig, data: Cifar10, *, start_lr: float = 1e-5, en
     keras.utils.set_random_seed(config.seed)
     model = build_for(config)
     lr_var = tf.Variable(start_lr, dtype=tf.float32, trainable=False)
-    optimizer = keras.optimizers.SGD(learning_rate=lambda: lr_var, momentum=config.momentum)
+    optimizer = make_optimizer(config, lambda: lr_var)
     step_fn = make_train_step(model, optimizer, config.fbf, jit_compile=config.jit_compile)
     idx = (stratified_indices(data.y_train, config.train_per_class, config.seed)
            if config.train_per_class else np.arange(len(data.y_train)))

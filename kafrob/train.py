@@ -108,8 +108,10 @@ def _schedule(config: TrainConfig, steps_per_epoch: int) -> OneCycle:
                     decay_every=config.decay_every * steps_per_epoch)
 
 
-def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    sgd = keras.optimizers.SGD(learning_rate=_schedule(config, steps_per_epoch), momentum=config.momentum)
+def make_optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
+    """SGD with the config's momentum; under mixed precision wrapped in dynamic loss scaling, so float16 gradients
+    neither underflow nor overflow (training and the LR range test alike)."""
+    sgd = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum)
     return keras.optimizers.LossScaleOptimizer(sgd) if config.precision == "mixed_float16" else sgd
 
 
@@ -189,7 +191,7 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
     distributed = strategy is not None and strategy.num_replicas_in_sync > 1
     with (strategy or tf.distribute.get_strategy()).scope():
         model = build_for(config)
-        optimizer = _optimizer(config, steps_per_epoch)
+        optimizer = make_optimizer(config, _schedule(config, steps_per_epoch))
         optimizer.build(model.trainable_variables)
     step_fn = make_train_step(model, optimizer, config.fbf, jit_compile=config.jit_compile,
                               strategy=strategy if distributed else None)

@@ -118,3 +118,26 @@ def test_lr_finder_bounds_and_plot(cifar, tmp_path):
     assert 1e-4 <= result.min_lr < result.max_lr <= 10.0
     assert (tmp_path / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(result.lrs) <= 30 and np.all(np.diff(result.lrs) > 0)
+
+
+def test_lr_finder_scales_the_loss_under_mixed_precision(tiny, monkeypatch):
+    """The range test steps a mixed-precision model through dynamic loss scaling, as training does (float16
+    gradients of an unscaled loss underflow)."""
+    import keras
+
+    from kafrob import lr_finder
+    from kafrob.data import load_cifar10
+    from kafrob.fbf import make_train_step
+
+    seen = []
+
+    def spy(model, optimizer, *args, **kwargs):
+        seen.append((model.dtype_policy.name, type(optimizer)))
+        return make_train_step(model, optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(lr_finder, "make_train_step", spy)
+    cfg = TrainConfig("vgg", "relu", epochs=1, min_lr=0.01, max_lr=0.1, batch_size=20, train_per_class=2,
+                      precision="mixed_float16", jit_compile=False)
+    result = range_test(cfg, load_cifar10(tiny[0]), start_lr=1e-3, end_lr=1e-2, steps=2)
+    assert seen == [("mixed_float16", keras.optimizers.LossScaleOptimizer)]
+    assert len(result.lrs) == 2 and np.all(np.isfinite(result.losses))
