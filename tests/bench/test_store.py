@@ -33,8 +33,6 @@ def test_references_are_written_all_or_nothing(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
-
-
 def test_paired_comparisons_go_into_the_markdown_only(tmp_path, monkeypatch):
     from kafrob.bench.judge import Comparison
     from kafrob.stats import paired_comparison
@@ -47,6 +45,7 @@ def test_paired_comparisons_go_into_the_markdown_only(tmp_path, monkeypatch):
     assert "## Paired comparisons" in md and "| kaf vs relu | base | predicted | robust | +25.00" in md
     assert "kaf vs relu (robust, predicted labels): undecided at n=4" in md
     assert "Paired" not in (tmp_path / "short.csv").read_text()
+
 
 def test_measurements_round_trip_in_table_order(tmp_path, monkeypatch):
     monkeypatch.setenv("KAFROB_RUNS_DIR", str(tmp_path))
