@@ -279,8 +279,10 @@ def common_rows(merged: dict[tuple[str, str], object]) -> dict[tuple[str, str], 
     return out
 
 
-def pairs(rows: dict[tuple[str, str], RowResult], label_mode: str) -> list[tuple[str, str, str]]:
-    """(a, b, why) for every comparison available in ``label_mode``."""
+def pairs(rows: dict[tuple[str, str], RowResult], label_mode: str,
+          extra: tuple[tuple[str, str, str], ...] = ()) -> list[tuple[str, str, str]]:
+    """(a, b, why) for every comparison available in ``label_mode``; ``extra`` (a, b, why): more, where both rows
+    exist."""
     have = {a for a, mode in rows if mode == label_mode}
     out = [(a, b, "base") for a, b in BASE_PAIRS if a in have and b in have]
     fixed = [f for f in FIXED if f in have]
@@ -288,7 +290,7 @@ def pairs(rows: dict[tuple[str, str], RowResult], label_mode: str) -> list[tuple
         best = max(fixed, key=lambda f: rows[(f, label_mode)].robust.mean())
         out += [(a, best, "best fixed") for a in sorted(have) if a.startswith("kaf")
                 and (a, best, "base") not in out]
-    return out
+    return out + [(a, b, why) for a, b, why in extra if a in have and b in have]
 
 
 @dataclass(frozen=True)
@@ -301,9 +303,10 @@ class Comparison:
     result: PairedComparison
 
 
-def compare_all(rows: dict[tuple[str, str], RowResult]) -> list[Comparison]:
+def compare_all(rows: dict[tuple[str, str], RowResult],
+                extra: tuple[tuple[str, str, str], ...] = ()) -> list[Comparison]:
     modes = sorted({mode for _, mode in rows})
     return [Comparison(a, b, why, mode, metric,
                        paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
-            for mode in modes for a, b, why in pairs(rows, mode) for metric in ("robust", "clean")]
+            for mode in modes for a, b, why in pairs(rows, mode, extra) for metric in ("robust", "clean")]
 

@@ -120,19 +120,13 @@ def stored_measurement(tier: str, case: str, data, root: Path | None = None,
 
 def stored_comparisons(tier: str, cases: list[str], root: Path | None = None) -> list:
     """The kept models of ``cases`` against each other on the images all their stored shards cover, per label mode
-    (kafrob.bench.judge.compare_all's pairs, then each FBF model against its clean-training baseline)."""
+    (kafrob.bench.judge.compare_all's pairs, and each FBF model against its clean-training baseline)."""
     from kafrob.bench.cases import row_label
-    from kafrob.bench.judge import Comparison, common_rows, compare_all
+    from kafrob.bench.judge import common_rows, compare_all
     from kafrob.bench.shards import merge, protocol_spec
-    from kafrob.stats import paired_comparison
 
     merged = {(row_label(case), mode): merge(protocol_spec(f"{tier}:{case}", mode), shards_root(tier, root))
               for case in cases for mode in ("predicted", "true")}
-    rows = common_rows(merged)
-    out = compare_all(rows)
-    for case in (c for c in cases if c + CLEAN in cases):
-        a, b = row_label(case), row_label(case + CLEAN)
-        out += [Comparison(a, b, "FBF vs clean training", mode, metric,
-                           paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
-                for mode in ("predicted", "true") for metric in ("robust", "clean")]
-    return out
+    baselines = tuple((row_label(c), row_label(c + CLEAN), "FBF vs clean training") for c in cases
+                      if c + CLEAN in cases)
+    return compare_all(common_rows(merged), baselines)
