@@ -236,8 +236,9 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
             continue
         other = sibling(spec).shard_path(root, shard)
         reuse = load_shard(other) if other.exists() else None
-        if reuse is not None and agreement_key({**reuse["header"], "spec": None}) != here:
-            reuse = None
+        if reuse is not None and (agreement_key({**reuse["header"], "spec": None}) != here
+                                  or reuse["header"].get("reused")):
+            reuse = None  # other arithmetic, or itself reused: then neither file would hold the attack's cost
         result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)
         save_shard(spec.shard_path(root, shard), result)
         done_images += spec.shard_images

@@ -188,3 +188,30 @@ def test_a_shard_finished_by_another_process_meanwhile_is_not_recomputed(tmp_pat
     bench_run.run_shards([(spec, 0), (spec, 1)], tmp_path, load_model=load_model, load_data=lambda: data,
                          progress=lines.append)
     assert len(loads) == 1 and "shard 1 finished by another process" in lines[-1]
+
+
+def test_a_released_row_counts_both_label_modes_on_the_shards_both_have(tmp_path):
+    """The true-label shard takes the predicted-label attack where the labels agree, so the row's hours are both
+    modes' seconds; its numbers cover only the shards finished in both modes."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    data = _data(3)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.x_test / 255, data.y_test, epochs=20, verbose=0)  # right on most images: the modes share attacks
+    spec = {m: shards.released_spec("relu", m, shard_images=10) for m in ("predicted", "true")}
+    plan = [(spec["predicted"], 0), (spec["true"], 0), (spec["predicted"], 1)]
+    bench_run.run_shards(plan, tmp_path, load_model=lambda _: model, load_data=lambda: data, progress=lambda _: None)
+    saved = {(s.attack.label_mode, k): shards.load_shard(s.shard_path(tmp_path, k)) for s, k in plan}
+    assert saved["true", 0]["header"]["reused"] > 0
+    m = shards.released_measurement("relu", {"relu": 90.0}, tmp_path, shard_images=10)
+    assert m.n_robust == 10 and m.n_clean == shards.THESIS_CLEAN_N and m.clean_accuracy == 90.0
+    assert m.seconds == saved["predicted", 0]["header"]["seconds"] + saved["true", 0]["header"]["seconds"]
+    for mode, value in (("predicted", m.robust_accuracy), ("true", m.robust_accuracy_true)):
+        shard = saved[mode, 0]
+        assert value == 100 * np.mean(shard["adv_pred"] == shard["label"])
+    with pytest.raises(shards.ShardError, match="no shard finished in both label modes"):
+        shards.released_measurement("elu", {"elu": 90.0}, tmp_path, shard_images=10)
+    # recomputing the predicted shard must not take the true one's results: that one took them from it
+    bench_run.run_shards([(spec["predicted"], 0)], tmp_path, load_model=lambda _: model, load_data=lambda: data,
+                         progress=lambda _: None, recompute=True)
+    assert shards.load_shard(spec["predicted"].shard_path(tmp_path, 0))["header"]["reused"] == 0
