@@ -191,6 +191,16 @@ def protocol_spec(model: str, label_mode: str = "predicted", shard_images: int =
     return ShardSpec(model, dataclasses.replace(THESIS_PGD, label_mode=label_mode), shard_images=shard_images)
 
 
+def both_modes(model: str, root: Path, shard_images: int = SHARD_IMAGES) -> dict[str, Merged]:
+    """The thesis protocol on a named model in both label modes, merged over the shards both have finished."""
+    specs = {m: protocol_spec(model, m, shard_images) for m in ("predicted", "true")}
+    both = sorted(set(finished(specs["predicted"], root)) & set(finished(specs["true"], root)))
+    if not both:
+        raise ShardError(f"{model}: no shard finished in both label modes under {root}; run `kafrob evaluate "
+                         f"--checkpoint {model} --labels predicted true --shards-dir {root}` first")
+    return {m: merge(spec, root, both) for m, spec in specs.items()}
+
+
 def released_spec(activation: str, label_mode: str = "predicted", shard_images: int = SHARD_IMAGES) -> ShardSpec:
     return protocol_spec(f"thesis:resnet20-{activation}", label_mode, shard_images)
 
@@ -212,12 +222,7 @@ def released_measurement(activation: str, clean: dict[str, float] | None = None,
     time on those shards (a true-label shard takes the predicted-label shard's attack where the two labels agree,
     so neither mode alone is the row's cost)."""
     clean = stored_clean_accuracy() if clean is None else clean
-    specs = {m: released_spec(activation, m, shard_images) for m in ("predicted", "true")}
-    both = sorted(set(finished(specs["predicted"], root)) & set(finished(specs["true"], root)))
-    if not both:
-        raise ShardError(f"resnet20-{activation}: no shard finished in both label modes under {root}; run `kafrob "
-                         f"evaluate --checkpoint thesis:resnet20-{activation} --labels predicted true` first")
-    robust = {m: merge(spec, root, both) for m, spec in specs.items()}
+    robust = both_modes(f"thesis:resnet20-{activation}", root, shard_images)
     k_clean, k_robust = round(clean[activation] * THESIS_CLEAN_N / 100), int(robust["predicted"].robust_correct.sum())
     n = robust["predicted"].n
     pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731

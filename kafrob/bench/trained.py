@@ -97,17 +97,16 @@ def shards_root(tier: str, root: Path | None = None) -> Path:
 def stored_measurement(tier: str, case: str, data, root: Path | None = None,
                        shard_images: int | None = None) -> Measurement:
     """A kept model's numbers: clean accuracy on all 10,000 test images (computed: seconds), PGD in both label modes
-    on the images its stored shards cover; seconds: the training's and the shards' CPU time."""
+    on the shards both have finished; seconds: the training's and the shards' CPU time."""
     from kafrob.bench.run import load_named_model
-    from kafrob.bench.shards import SHARD_IMAGES, merge, protocol_spec
+    from kafrob.bench.shards import SHARD_IMAGES, both_modes
     from kafrob.evaluate import clean_correct
     from kafrob.stats import wilson_interval
 
     name = f"{tier}:{case}"
     model = load_named_model(str(stored_path(name, root)))
     correct = clean_correct(model, data)
-    specs = {m: protocol_spec(name, m, shard_images or SHARD_IMAGES) for m in ("predicted", "true")}
-    robust = {m: merge(spec, shards_root(tier, root)) for m, spec in specs.items()}
+    robust = both_modes(name, shards_root(tier, root), shard_images or SHARD_IMAGES)
     history = load_history(name, root)
     k_clean, k_robust, n = int(correct.sum()), int(robust["predicted"].robust_correct.sum()), robust["predicted"].n
     pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
