@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kafrob.stats import mcnemar_exact, paired_comparison, wilson_interval
+from kafrob.stats import holm, mcnemar_exact, paired_comparison, wilson_interval
 
 
 def test_wilson_interval_newcombe_example():
@@ -51,3 +51,17 @@ def test_mcnemar_exact():
 def test_paired_comparison_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="equally long"):
         paired_comparison([1, 0], [1])
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1, made monotone: 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([0.2]) == [0.2] and holm([]) == []
+
+
+def test_holm_holds_the_family_wise_error_rate():
+    """Ten true null hypotheses: some unadjusted p < 0.05 in ~40% of families, some Holm p < 0.05 in <= 5%."""
+    rng = np.random.default_rng(0)
+    p = rng.random((4000, 10))
+    assert (p < 0.05).any(axis=1).mean() > 0.35
+    assert np.mean([min(holm(list(row))) < 0.05 for row in p]) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 4000)

@@ -15,10 +15,11 @@
   row cannot excuse itself); that it is no larger on robust accuracy is an assumption (no pixel-exact CIFAR-10).
 * Released models against each other (``compare_all``): every row is attacked on the same images, so rows are
   compared pairwise on them: the accuracy difference with Newcombe's paired 95% interval and the exact McNemar
-  test (kafrob.stats). The pairs: each KAF against the fixed activation it was initialised from (kaf and
-  kaf_free, random-initialised, against relu), swish and elu against relu, and every KAF against the best fixed
-  activation of that label mode: is a gain due to the KAF's trainability, or to a smoothness that a fixed smooth
-  activation also has?
+  test (kafrob.stats), its p adjusted by Holm over the comparisons of one metric and label mode; a difference is
+  read as one only when the interval excludes zero and the adjusted p is below ALPHA. The pairs: each KAF against
+  the fixed activation it was initialised from (kaf and kaf_free, random-initialised, against relu), swish and elu
+  against relu, and every KAF against the best fixed activation of that label mode: is a gain due to the KAF's
+  trainability, or to a smoothness that a fixed smooth activation also has?
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ from kafrob.bench.shards import (
 )
 from kafrob.bench.store import Measurement, reference, reference_file
 from kafrob.bench.tiers import Reference, Tier
-from kafrob.stats import PairedComparison, paired_comparison, wilson_interval
+from kafrob.stats import PairedComparison, holm, paired_comparison, wilson_interval
 
 METRICS = (("clean_accuracy", "thesis_accuracy"), ("robust_accuracy", "thesis_robustness"))
 
@@ -64,6 +65,8 @@ THESIS_ROBUST_N = 2000  # the thesis's PGD sample, drawn with replacement
 RECHECK_IMAGES = 10
 
 Z95 = 1.959963984540054
+
+ALPHA = 0.05  # family-wise error rate of the paired comparisons (Holm)
 
 BASE_PAIRS = (("kaf_relu", "relu"), ("kaf_elu", "elu"), ("kaf_swish", "swish"), ("kaf", "relu"),
               ("kaf_free", "relu"), ("swish", "relu"), ("elu", "relu"))
@@ -301,12 +304,28 @@ class Comparison:
     label_mode: str
     metric: str
     result: PairedComparison
+    holm_p: float | None = None  # McNemar's p adjusted (Holm) over the comparisons of this metric and label mode
+
+    @property
+    def decided(self) -> bool:
+        """A difference: the paired 95% interval excludes 0 and it survives Holm's correction."""
+        lo, hi = self.result.interval
+        return (lo > 0 or hi < 0) and (self.holm_p is None or self.holm_p < ALPHA)
 
 
 def compare_all(rows: dict[tuple[str, str], RowResult],
                 extra: tuple[tuple[str, str, str], ...] = ()) -> list[Comparison]:
+    """Every pair of ``pairs`` in every label mode, robust and clean accuracy; each (label mode, metric) is one
+    family for Holm's correction: with ~12 comparisons per family, one "difference" in two would otherwise be
+    expected from chance alone at the 5% level of each."""
     modes = sorted({mode for _, mode in rows})
-    return [Comparison(a, b, why, mode, metric,
-                       paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
-            for mode in modes for a, b, why in pairs(rows, mode, extra) for metric in ("robust", "clean")]
+    raw = [Comparison(a, b, why, mode, metric,
+                      paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
+           for mode in modes for a, b, why in pairs(rows, mode, extra) for metric in ("robust", "clean")]
+    out = list(raw)
+    for family in {(c.label_mode, c.metric) for c in raw}:
+        members = [i for i, c in enumerate(raw) if (c.label_mode, c.metric) == family]
+        for i, p in zip(members, holm([raw[i].result.mcnemar_p for i in members]), strict=True):
+            out[i] = replace(raw[i], holm_p=p)
+    return out
 

@@ -10,7 +10,7 @@ import io
 
 from kafrob.activations import is_kaf
 from kafrob.bench.cases import BY_ID, experiment_of, row_label
-from kafrob.bench.judge import Comparison, RowResult, common_rows, compare_all, thesis_table
+from kafrob.bench.judge import ALPHA, Comparison, RowResult, common_rows, compare_all, thesis_table
 from kafrob.bench.shards import Merged
 from kafrob.bench.store import Measurement, reference, reference_file
 from kafrob.bench.tiers import Reference, Tier
@@ -106,25 +106,31 @@ def scatter_png(measurements: list[Measurement], tier: Tier, title: str, referen
 
 
 def comparison_table(comparisons: list[Comparison]) -> str:
-    lines = ["| A vs B | why | labels | metric | A - B (points) [95% CI] | only A / only B | McNemar p |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| A vs B | why | labels | metric | A - B (points) [95% CI] | only A / only B | McNemar p | Holm p |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in comparisons:
         r = c.result
+        holm_p = "-" if c.holm_p is None else f"{c.holm_p:.3g}"
         lines.append(f"| {c.a} vs {c.b} | {c.why} | {c.label_mode} | {c.metric} | {100 * r.difference:+.2f} "
                      f"[{100 * r.interval[0]:+.2f}, {100 * r.interval[1]:+.2f}] | {r.only_a} / {r.only_b} | "
-                     f"{r.mcnemar_p:.3g} |")
+                     f"{r.mcnemar_p:.3g} | {holm_p} |")
     return "\n".join(lines) + "\n"
 
 
 def reading(c: Comparison) -> str:
-    """What one comparison supports at this n: a difference, its absence within a bound, or nothing."""
+    """What one comparison supports at this n: a difference (95% interval off 0 and Holm-adjusted McNemar p below
+    ALPHA), or the bounds of an undecided one."""
     lo, hi = (100 * v for v in c.result.interval)
-    if lo > 0:
+    if c.decided and lo > 0:
         return f"{c.a} beats {c.b} ({c.metric}, {c.label_mode} labels) by {lo:.1f} to {hi:.1f} points"
-    if hi < 0:
+    if c.decided:
         return f"{c.a} is worse than {c.b} ({c.metric}, {c.label_mode} labels) by {-hi:.1f} to {-lo:.1f} points"
-    return (f"{c.a} vs {c.b} ({c.metric}, {c.label_mode} labels): undecided at n={c.result.n}, "
-            f"the difference lies in [{lo:+.1f}, {hi:+.1f}] points")
+    text = (f"{c.a} vs {c.b} ({c.metric}, {c.label_mode} labels): undecided at n={c.result.n}, the difference "
+            f"lies in [{lo:+.1f}, {hi:+.1f}] points")
+    if lo > 0 or hi < 0:
+        text += (f" (its interval excludes 0, but Holm's adjusted p = {c.holm_p:.2g} over this metric's "
+                 f"{c.label_mode}-label comparisons is not below {ALPHA})")
+    return text
 
 
 def paired_section(comparisons: list[Comparison]) -> str:

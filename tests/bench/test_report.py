@@ -53,6 +53,28 @@ def test_reading_follows_the_interval():
     assert "| kaf vs relu | base | true | robust |" in report.comparison_table([robust])
 
 
+def test_a_difference_must_survive_holms_correction():
+    """Eight rows, nine robust comparisons per label mode: kaf_relu's 14 vs 4 discordant images (McNemar p = 0.03,
+    interval off 0) is no longer a difference after Holm's correction (p x 8, second smallest of 9); kaf_free's 60
+    vs 0 still is."""
+    relu = np.arange(400) < 160
+    kaf_relu, kaf_free = relu.copy(), relu.copy()
+    kaf_relu[160:174], kaf_relu[:4] = True, False
+    kaf_free[160:220] = True
+    robust_of = {"kaf_relu": kaf_relu, "kaf_free": kaf_free}
+    merged = {(a, "true"): _merged(np.arange(400), np.ones(400, bool), robust_of.get(a, relu))
+              for a in ("relu", "elu", "swish", "kaf", "kaf_relu", "kaf_elu", "kaf_swish", "kaf_free")}
+    robust = [c for c in judge.compare_all(judge.common_rows(merged)) if c.metric == "robust"]
+    assert len(robust) == 9 and all(c.holm_p >= c.result.mcnemar_p for c in robust)
+    by_pair = {(c.a, c.b): c for c in robust}
+    borderline = by_pair["kaf_relu", "relu"]
+    assert borderline.result.mcnemar_p < 0.05 and borderline.result.interval[0] > 0
+    assert [pair for pair, c in by_pair.items() if c.decided] == [("kaf_free", "relu")]
+    assert "undecided" in report.reading(borderline) and "Holm's adjusted p = 0.25" in report.reading(borderline)
+    assert "kaf_free beats relu" in report.reading(by_pair["kaf_free", "relu"])
+    assert "| Holm p |" in report.comparison_table(robust)
+
+
 def test_a_clean_training_baseline_has_its_own_row_and_point():
     from kafrob.bench.store import Measurement
     from kafrob.bench.tiers import get_tier

@@ -79,7 +79,8 @@ def test_kept_short_model_reproduces_its_stored_evaluation(case, cifar):
 @pytest.mark.parametrize("case", get_tier("short").clean_baselines)
 def test_kept_fbf_model_beats_its_clean_training_baseline_on_the_same_images(case):
     """The stored evidence for "FBF beats clean training at the same budget": on the images both stored evaluations
-    cover, FBF's robust accuracy is higher in both label modes, paired 95% interval above zero, McNemar p < 0.05."""
+    cover, FBF's robust accuracy is higher in both label modes, paired 95% interval above zero, McNemar p < 0.05
+    (Holm-adjusted)."""
     for name in (f"short:{case}", f"short:{case}{CLEAN}"):
         if not trained.stored_path(name).is_file():
             pytest.skip(f"{name} is not trained and kept yet ({trained.train_command(name)})")
@@ -90,4 +91,4 @@ def test_kept_fbf_model_beats_its_clean_training_baseline_on_the_same_images(cas
         r = c.result
         print(f"{case} {c.label_mode} labels: FBF - clean training {100 * r.difference:+.1f} points "
               f"[{100 * r.interval[0]:+.1f}, {100 * r.interval[1]:+.1f}], n={r.n}, McNemar p={r.mcnemar_p:.2g}")
-        assert r.interval[0] > 0 and r.mcnemar_p < 0.05
+        assert r.interval[0] > 0 and c.decided  # and Holm's p (here of a family of one) < 0.05
