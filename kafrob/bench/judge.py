@@ -316,8 +316,8 @@ class Comparison:
 def compare_all(rows: dict[tuple[str, str], RowResult],
                 extra: tuple[tuple[str, str, str], ...] = ()) -> list[Comparison]:
     """Every pair of ``pairs`` in every label mode, robust and clean accuracy; each (label mode, metric) is one
-    family for Holm's correction: with ~12 comparisons per family, one "difference" in two would otherwise be
-    expected from chance alone at the 5% level of each."""
+    family for Holm's correction: with 11 independent comparisons at the 5% level of each, some "difference" would
+    come from chance alone in 43% of tables."""
     modes = sorted({mode for _, mode in rows})
     raw = [Comparison(a, b, why, mode, metric,
                       paired_comparison(getattr(rows[(a, mode)], metric), getattr(rows[(b, mode)], metric)))
