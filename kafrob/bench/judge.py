@@ -307,10 +307,15 @@ class Comparison:
     holm_p: float | None = None  # McNemar's p adjusted (Holm) over the comparisons of this metric and label mode
 
     @property
-    def decided(self) -> bool:
-        """A difference: the paired 95% interval excludes 0 and it survives Holm's correction."""
+    def off_zero(self) -> bool:
+        """The paired 95% interval excludes 0."""
         lo, hi = self.result.interval
-        return (lo > 0 or hi < 0) and (self.holm_p is None or self.holm_p < ALPHA)
+        return lo > 0 or hi < 0
+
+    @property
+    def decided(self) -> bool:
+        """A difference: the interval excludes 0 and McNemar's p survives Holm's correction."""
+        return self.off_zero and (self.holm_p is None or self.holm_p < ALPHA)
 
 
 def compare_all(rows: dict[tuple[str, str], RowResult],

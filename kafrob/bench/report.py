@@ -127,7 +127,7 @@ def reading(c: Comparison) -> str:
         return f"{c.a} is worse than {c.b} ({c.metric}, {c.label_mode} labels) by {-hi:.1f} to {-lo:.1f} points"
     text = (f"{c.a} vs {c.b} ({c.metric}, {c.label_mode} labels): undecided at n={c.result.n}, the difference "
             f"lies in [{lo:+.1f}, {hi:+.1f}] points")
-    if lo > 0 or hi < 0:
+    if c.off_zero:
         text += (f" (its interval excludes 0, but Holm's adjusted p = {c.holm_p:.2g} over this metric's "
                  f"{c.label_mode}-label comparisons is not below {ALPHA})")
     return text
