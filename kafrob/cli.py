@@ -336,7 +336,7 @@ def cmd_regenerate(args) -> int:
     """A tier's reference files from a complete set of measurements: re-measured (all or nothing), or the last
     benchmark run's; the checkpoints tier's come from the stored evaluation, a floor tier's from its kept models."""
     from kafrob.bench.run import run_case
-    from kafrob.bench.shards import released_measurement
+    from kafrob.bench.shards import released_measurement, stored_environment
     from kafrob.bench.store import common_environment, load_measurements, write_references
     from kafrob.bench.tiers import Reference, Source, get_tier
     from kafrob.data import load_cifar10
@@ -346,6 +346,7 @@ def cmd_regenerate(args) -> int:
     env, comparisons = None, None
     if tier.source is Source.THESIS_CHECKPOINT:
         measurements = [released_measurement(e.activation) for e in cases]
+        env = stored_environment()  # where the shards were computed, not this process
     elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
         from kafrob.bench.trained import stored_comparisons, stored_measurement, stored_path, train_command
 

@@ -129,6 +129,27 @@ def load_shard(path: Path) -> dict:
         return {**{f: z[f] for f in FIELDS}, "header": json.loads(str(z["header"]))}
 
 
+def stored_environment(root: Path = SHARDS_DIR) -> dict:
+    """Where the shards under ``root`` were computed, for the tables made from them: their one arithmetic (refused if
+    there are several), the instruction sets all their CPUs have, the CPUs, and the code versions."""
+    headers = []
+    for path in sorted(Path(root).glob("*/*/shard-*.npz")):
+        with np.load(path) as z:
+            headers.append(json.loads(str(z["header"])))
+    if not headers:
+        raise ShardError(f"no stored shard under {root}; run `kafrob evaluate ... --shards-dir {root}` first")
+    keys = {json.dumps({**agreement_key(h), "spec": None}, sort_keys=True) for h in headers}
+    if len(keys) > 1:
+        raise ShardError(f"the shards under {root} were computed under {len(keys)} arithmetics or versions "
+                         f"({'; '.join(sorted(keys))}); recompute the odd ones (--recompute)")
+    first = headers[0]
+    return {**{k: first.get(k) for k in ("onednn", "kaf_kernels", "tensorflow", "keras", "lock", "python",
+                                         "machine", "device")},
+            "isa": [f for f in first.get("isa", []) if all(f in h.get("isa", []) for h in headers)],
+            "cpu": "; ".join(sorted({str(h.get("cpu")) for h in headers})),
+            "code_versions": sorted({str(h.get("code_version")) for h in headers})}
+
+
 @dataclass(frozen=True)
 class Merged:
     """The per-example results of the finished shards of one spec, in evaluation order."""
@@ -215,18 +236,25 @@ def stored_clean_accuracy(path: Path = CLEAN_FILE) -> dict[str, float]:
     return {a: paths[data["reference_path"]]["accuracy"] for a, paths in data["rows"].items()}
 
 
+def protocol_measurement(case: str, tier: str, clean: float, n_clean: int, robust: dict[str, Merged], *,
+                         other_seconds: float = 0.0, train_loss: float | None = None) -> Measurement:
+    """A tier's Measurement of a model whose thesis-protocol shards are stored: ``clean`` accuracy (%) on ``n_clean``
+    images, ``robust`` as ``both_modes`` merges it (the predicted labels compared, as the thesis measured, the true
+    labels beside); seconds: both modes' CPU time on those shards (a true-label shard takes the predicted-label
+    shard's attack where the two labels agree, so neither mode alone is the cost) and ``other_seconds``."""
+    k_clean, n = round(clean * n_clean / 100), robust["predicted"].n
+    k_robust = int(robust["predicted"].robust_correct.sum())
+    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
+    return Measurement(case, tier, clean, 100 * k_robust / n, pct(wilson_interval(k_clean, n_clean)),
+                       pct(wilson_interval(k_robust, n)), n_clean, n,
+                       other_seconds + sum(r.header["seconds"] for r in robust.values()), train_loss,
+                       100 * float(robust["true"].robust_correct.mean()))
+
+
 def released_measurement(activation: str, clean: dict[str, float] | None = None, root: Path = SHARDS_DIR,
                          shard_images: int = SHARD_IMAGES) -> Measurement:
-    """The stored numbers of one row as the tiers' Measurement: clean on all 10,000, robust as the thesis measured
-    it (predicted labels) and on the true labels, on the shards both label modes have; seconds: both modes' CPU
-    time on those shards (a true-label shard takes the predicted-label shard's attack where the two labels agree,
-    so neither mode alone is the row's cost)."""
+    """The stored numbers of one released row: clean accuracy on all 10,000 test images, PGD on the shards both label
+    modes have (``protocol_measurement``)."""
     clean = stored_clean_accuracy() if clean is None else clean
-    robust = both_modes(f"thesis:resnet20-{activation}", root, shard_images)
-    k_clean, k_robust = round(clean[activation] * THESIS_CLEAN_N / 100), int(robust["predicted"].robust_correct.sum())
-    n = robust["predicted"].n
-    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
-    return Measurement(f"resnet20-{activation}", "checkpoints", clean[activation], 100 * k_robust / n,
-                       pct(wilson_interval(k_clean, THESIS_CLEAN_N)), pct(wilson_interval(k_robust, n)),
-                       THESIS_CLEAN_N, n, sum(r.header["seconds"] for r in robust.values()),
-                       robust_accuracy_true=100 * float(robust["true"].robust_correct.mean()))
+    return protocol_measurement(f"resnet20-{activation}", "checkpoints", clean[activation], THESIS_CLEAN_N,
+                                both_modes(f"thesis:resnet20-{activation}", root, shard_images))

@@ -99,22 +99,15 @@ def stored_measurement(tier: str, case: str, data, root: Path | None = None,
     """A kept model's numbers: clean accuracy on all 10,000 test images (computed: seconds), PGD in both label modes
     on the shards both have finished; seconds: the training's and the shards' CPU time."""
     from kafrob.bench.run import load_named_model
-    from kafrob.bench.shards import SHARD_IMAGES, both_modes
+    from kafrob.bench.shards import SHARD_IMAGES, both_modes, protocol_measurement
     from kafrob.evaluate import clean_correct
-    from kafrob.stats import wilson_interval
 
     name = f"{tier}:{case}"
-    model = load_named_model(str(stored_path(name, root)))
-    correct = clean_correct(model, data)
-    robust = both_modes(name, shards_root(tier, root), shard_images or SHARD_IMAGES)
-    history = load_history(name, root)
-    k_clean, k_robust, n = int(correct.sum()), int(robust["predicted"].robust_correct.sum()), robust["predicted"].n
-    pct = lambda t: (100 * t[0], 100 * t[1])  # noqa: E731
-    seconds = sum(h["seconds"] for h in history["history"]) + sum(r.header["seconds"] for r in robust.values())
-    return Measurement(case, tier, 100 * k_clean / len(correct), 100 * k_robust / n,
-                       pct(wilson_interval(k_clean, len(correct))), pct(wilson_interval(k_robust, n)), len(correct), n,
-                       seconds, history["history"][-1]["loss"],
-                       100 * float(robust["true"].robust_correct.mean()))
+    correct = clean_correct(load_named_model(str(stored_path(name, root))), data)
+    history = load_history(name, root)["history"]
+    return protocol_measurement(case, tier, 100 * int(correct.sum()) / len(correct), len(correct),
+                                both_modes(name, shards_root(tier, root), shard_images or SHARD_IMAGES),
+                                other_seconds=sum(h["seconds"] for h in history), train_loss=history[-1]["loss"])
 
 
 def stored_comparisons(tier: str, cases: list[str], root: Path | None = None) -> list:

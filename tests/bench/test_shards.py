@@ -215,3 +215,23 @@ def test_a_released_row_counts_both_label_modes_on_the_shards_both_have(tmp_path
     bench_run.run_shards([(spec["predicted"], 0)], tmp_path, load_model=lambda _: model, load_data=lambda: data,
                          progress=lambda _: None, recompute=True)
     assert shards.load_shard(spec["predicted"].shard_path(tmp_path, 0))["header"]["reused"] == 0
+
+
+def test_the_stored_environment_names_every_cpu_and_refuses_two_arithmetics(tmp_path):
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    spec = shards.ShardSpec("tiny", PGDConfig(iterations=1, restarts=1), shard_images=10)
+    paths = bench_run.run_shards([(spec, 0), (spec, 1)], tmp_path, load_model=lambda _: model, load_data=_data,
+                                 progress=lambda _: None)
+    for path, cpu, isa in zip(paths, ("CPU A", "CPU B"), (["avx2", "fma"], ["avx2"]), strict=True):
+        shard = shards.load_shard(path)
+        shard["header"].update(onednn=False, cpu=cpu, isa=isa)  # Eigen's kernels: the same arithmetic on both
+        shards.save_shard(path, shard)
+    env = shards.stored_environment(tmp_path)
+    assert env["cpu"] == "CPU A; CPU B" and env["isa"] == ["avx2"] and env["onednn"] is False
+    shard = shards.load_shard(paths[1])
+    shard["header"]["onednn"] = True
+    shards.save_shard(paths[1], shard)
+    with pytest.raises(shards.ShardError, match="2 arithmetics"):
+        shards.stored_environment(tmp_path)
+    with pytest.raises(shards.ShardError, match="no stored shard"):
+        shards.stored_environment(tmp_path / "empty")
