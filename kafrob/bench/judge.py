@@ -19,7 +19,8 @@
   read as one only when the interval excludes zero and the adjusted p is below ALPHA. The pairs: each KAF against
   the fixed activation it was initialised from (kaf and kaf_free, random-initialised, against relu), swish and elu
   against relu, and every KAF against the best fixed activation of that label mode: is a gain due to the KAF's
-  trainability, or to a smoothness that a fixed smooth activation also has?
+  trainability, or to a smoothness that a fixed smooth activation also has? The verdict adds every KAF against relu
+  and swish (``claim_pairs``) to read the thesis's claims (CLAIMS; kafrob.bench.report.claims_section).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ BASE_PAIRS = (("kaf_relu", "relu"), ("kaf_elu", "elu"), ("kaf_swish", "swish"), 
               ("kaf_free", "relu"), ("swish", "relu"), ("elu", "relu"))
 
 FIXED = ("relu", "elu", "swish")
+
+# The thesis's ResNet20 table read as claims on robust accuracy (its protocol: predicted labels): every KAF row beats
+# ReLU (by 1.3-2.6 points), none beats Swish (its most robust row). (fixed activation, the KAF rows beat it)
+CLAIMS = (("relu", True), ("swish", False))
 
 
 def expected_values(e: Experiment, tier: Tier) -> dict[str, float]:
@@ -293,7 +298,14 @@ def pairs(rows: dict[tuple[str, str], RowResult], label_mode: str,
         best = max(fixed, key=lambda f: rows[(f, label_mode)].robust.mean())
         out += [(a, best, "best fixed") for a in sorted(have) if a.startswith("kaf")
                 and (a, best, "base") not in out]
-    return out + [(a, b, why) for a, b, why in extra if a in have and b in have]
+    done = {(a, b) for a, b, _ in out}
+    return out + [(a, b, why) for a, b, why in extra if a in have and b in have and (a, b) not in done]
+
+
+def claim_pairs(rows: dict[tuple[str, str], RowResult]) -> tuple[tuple[str, str, str], ...]:
+    """Every KAF row against each fixed activation of CLAIMS, for ``pairs``' ``extra`` (the ones it lacks)."""
+    kafs = dict.fromkeys(a for a, _ in rows if a.startswith("kaf"))
+    return tuple((kaf, fixed, "thesis claim") for kaf in kafs for fixed, _ in CLAIMS)
 
 
 @dataclass(frozen=True)

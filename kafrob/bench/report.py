@@ -10,7 +10,16 @@ import io
 
 from kafrob.activations import is_kaf
 from kafrob.bench.cases import BY_ID, experiment_of, row_label
-from kafrob.bench.judge import ALPHA, Comparison, RowResult, common_rows, compare_all, thesis_table
+from kafrob.bench.judge import (
+    ALPHA,
+    CLAIMS,
+    Comparison,
+    RowResult,
+    claim_pairs,
+    common_rows,
+    compare_all,
+    thesis_table,
+)
 from kafrob.bench.shards import Merged
 from kafrob.bench.store import Measurement, reference, reference_file
 from kafrob.bench.tiers import Reference, Tier
@@ -133,6 +142,39 @@ def reading(c: Comparison) -> str:
     return text
 
 
+def claim_reading(c: Comparison, thesis_difference: float, beats: bool) -> str:
+    """What the data says of the thesis's claim that ``c.a`` beats (``beats``) or does not beat ``c.b``, whose
+    robust-accuracy difference in its table is ``thesis_difference`` points."""
+    lo, hi = (100 * v for v in c.result.interval)
+    said = f"{c.label_mode} labels {100 * c.result.difference:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+    if c.decided:
+        holds = (lo > 0) == beats
+        return f"{said}: **{'supported' if holds else 'refuted'}** ({c.a} {'beats' if lo > 0 else 'is below'} {c.b})"
+    if beats and hi < thesis_difference:
+        return (f"{said}: undecided; a gain as large as the thesis's {thesis_difference:+.2f} lies above the 95% "
+                f"interval")
+    if beats:
+        return f"{said}: cannot be decided at n={c.result.n}"
+    return f"{said}: not refuted (no gain decided; one of up to {hi:+.1f} points not excluded at n={c.result.n})"
+
+
+def claims_section(comparisons: list[Comparison], thesis: dict[str, tuple[float, float]]) -> str:
+    """Markdown: each KAF row against each claim of CLAIMS, in both label modes; a claim is supported or refuted only
+    by a decided difference (Holm), else the interval says what remains possible."""
+    by_pair = {(c.a, c.b, c.label_mode): c for c in comparisons if c.metric == "robust"}
+    modes = sorted({c.label_mode for c in by_pair.values()})
+    lines = []
+    for fixed, beats in CLAIMS:
+        for kaf in dict.fromkeys(a for a, b, _ in by_pair if b == fixed and a.startswith("kaf")):
+            gap = thesis[kaf][1] - thesis[fixed][1]
+            readings = "; ".join(claim_reading(by_pair[kaf, fixed, m], gap, beats) for m in modes
+                                 if (kaf, fixed, m) in by_pair)
+            lines.append(f"* {kaf} {'beats' if beats else 'does not beat'} {fixed} (thesis {gap:+.2f}): {readings}")
+    return ("## The thesis's claims\n\nIts ResNet20 table (PGD on predicted labels) has every KAF row above ReLU and "
+            "none above Swish. Robust accuracy, A - B in points [paired 95% CI]; supported or refuted only by a "
+            "difference that survives Holm's correction:\n\n" + "\n".join(lines) + "\n")
+
+
 def paired_section(comparisons: list[Comparison]) -> str:
     """Markdown: the paired comparisons' table, then what each robust-accuracy comparison supports."""
     return (f"## Paired comparisons\n\n{comparison_table(comparisons)}\n## Readings\n\n"
@@ -194,10 +236,10 @@ def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tu
 
     rows = common_rows(merged)
     thesis = thesis_table()
-    comparisons = compare_all(rows)
+    comparisons = compare_all(rows, claim_pairs(rows))
     header = next(iter(merged.values())).header
     md = (f"# Released thesis ResNet20 models: {attack}\n\n"
           f"{next(iter(rows.values())).n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
           f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{rows_table(rows, thesis)}\n"
-          + paired_section(comparisons))
+          + claims_section(comparisons, thesis) + "\n" + paired_section(comparisons))
     return md, verdict_png(rows, thesis, attack)

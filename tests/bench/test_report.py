@@ -85,3 +85,23 @@ def test_a_clean_training_baseline_has_its_own_row_and_point():
     table = report.results_table(ms, get_tier("short"), deltas=False)
     assert [line.split("|")[2].strip() for line in table.splitlines()[2:]] == ["relu", "relu (clean training)"]
     assert report.scatter_png(ms, get_tier("short"), "short", reference_points=False).startswith(b"\x89PNG")
+
+
+def test_the_thesis_claims_are_read_from_decided_differences_only():
+    """kaf_relu decidedly above relu supports "KAFs beat ReLU"; kaf_free decidedly above swish refutes "none beats
+    Swish"; kaf equal to relu on 2,000 images leaves the thesis's +2.06 above its interval; every KAF row is set
+    against relu and swish even where the base pairs do not ask for it."""
+    n = 2000
+    first = lambda k: np.arange(n) < k  # noqa: E731
+    robust_of = {"swish": first(1000), "kaf_relu": first(1000), "kaf_free": first(1300)}
+    merged = {(a, "predicted"): _merged(np.arange(n), np.ones(n, bool), robust_of.get(a, first(800)))
+              for a in ("relu", "elu", "swish", "kaf", "kaf_relu", "kaf_elu", "kaf_swish", "kaf_free")}
+    rows = judge.common_rows(merged)
+    comparisons = judge.compare_all(rows, judge.claim_pairs(rows))
+    assert {("kaf_elu", "relu"), ("kaf_swish", "relu"), ("kaf_relu", "swish")} <= {(c.a, c.b) for c in comparisons}
+    lines = {line.split(" (thesis")[0]: line for line in
+             report.claims_section(comparisons, judge.thesis_table()).splitlines() if line.startswith("* ")}
+    assert "**supported**" in lines["* kaf_relu beats relu"]
+    assert "**refuted** (kaf_free beats swish)" in lines["* kaf_free does not beat swish"]
+    assert "thesis's +2.06 lies above the 95% interval" in lines["* kaf beats relu"]
+    assert "not refuted" in lines["* kaf_relu does not beat swish"]
