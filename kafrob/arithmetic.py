@@ -2,9 +2,13 @@
 
 The same model and inputs give different float32/float16 roundings on different paths: oneDNN's kernels
 (TensorFlow's default on x86 Linux) choose code by the CPU's instruction sets, e.g. native float16 on CPUs
-with AVX512-FP16, while TensorFlow's Eigen kernels (``TF_ENABLE_ONEDNN_OPTS=0``) do not; the KAF layers run
+with AVX512-FP16. ``TF_ENABLE_ONEDNN_OPTS=0`` turns off oneDNN's graph rewrites, but TensorFlow's Eigen matrix
+products and convolutions still call oneDNN's sgemm, which also picks its code by the CPU at run time (the
+stored PGD of the released ReLU model, computed on an Intel Xeon, came out otherwise on an AMD EPYC on 1 of 10
+images); ``TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0`` makes them Eigen's own, compiled for one x86 baseline.
+Both off is the reference arithmetic (``REFERENCE_ENV``), the same on every x86 CPU. The KAF layers run
 compiled or portable kernels (kafrob.native). Ridge-initialised KAFs and the released float16 thesis models
-amplify such rounding differences (README, "Arithmetic").
+amplify rounding differences (README, "KAF kernels and arithmetic").
 """
 
 from __future__ import annotations
@@ -16,12 +20,30 @@ from pathlib import Path
 from kafrob import native
 
 ONEDNN_ENV_VAR = "TF_ENABLE_ONEDNN_OPTS"
+CONTRACTION_ENV_VAR = "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"
+
+# The reference arithmetic (both read when TensorFlow starts): no oneDNN rewrites, Eigen's own contractions.
+REFERENCE_ENV = {ONEDNN_ENV_VAR: "0", CONTRACTION_ENV_VAR: "0"}
+REFERENCE_COMMAND = " ".join(f"{k}={v}" for k, v in REFERENCE_ENV.items())
 
 
 def onednn_enabled() -> bool:
     """TensorFlow's oneDNN switch as TensorFlow reads it (on by default on x86-64 Linux)."""
     value = os.environ.get(ONEDNN_ENV_VAR, "").strip().lower()
     return value not in ("0", "false")
+
+
+def contractions() -> str:
+    """``onednn`` or ``eigen``: what TensorFlow's Eigen matrix products and convolutions run, as TensorFlow reads
+    TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL (oneDNN's sgemm by default on x86-64 Linux)."""
+    value = os.environ.get(CONTRACTION_ENV_VAR, "").strip().lower()
+    return "eigen" if value in ("0", "false") else "onednn"
+
+
+def env_for(arithmetic: dict) -> dict[str, str]:
+    """The environment variables that make a new process compute under ``arithmetic`` (a results header)."""
+    return {ONEDNN_ENV_VAR: "1" if arithmetic.get("onednn") else "0",
+            CONTRACTION_ENV_VAR: "0" if arithmetic.get("contractions") == "eigen" else "1"}
 
 
 def kaf_kernels() -> str:
@@ -45,22 +67,31 @@ def describe() -> dict:
     """The arithmetic fields of a results header: oneDNN, the CPU instruction sets that change TensorFlow's
     kernels, and the KAF kernels."""
     flags, kernels = native.cpu_flags(), kaf_kernels()
-    return {"onednn": onednn_enabled(), "isa": [f for f in native.ISA_FEATURES if f in flags],
+    return {"onednn": onednn_enabled(), "contractions": contractions(),
+            "isa": [f for f in native.ISA_FEATURES if f in flags],
             "kaf_kernels": kernels, "kaf_target": native.target() if kernels == "compiled" else None}
 
 
+def cpu_independent(arithmetic: dict) -> bool:
+    """Whether results under ``arithmetic`` are the same on every x86 CPU: no oneDNN code at all (Eigen's kernels
+    are compiled for one baseline; the compiled KAF kernels give identical results on every target,
+    tests/test_native.py). Headers without ``contractions`` predate the field: TensorFlow's default, oneDNN's."""
+    return not arithmetic.get("onednn") and arithmetic.get("contractions", "onednn") == "eigen"
+
+
 def results_key(arithmetic: dict) -> dict:
-    """The arithmetic fields that can change a result: the CPU's instruction sets only with oneDNN on (TensorFlow's
-    Eigen kernels are compiled for one baseline and do not dispatch by CPU; the compiled KAF kernels give
-    identical results on every target, tests/test_native.py)."""
-    onednn = bool(arithmetic.get("onednn"))
-    return {"onednn": onednn, "isa": list(arithmetic.get("isa", [])) if onednn else "any",
+    """The arithmetic fields that can change a result: the CPU's instruction sets unless ``cpu_independent``."""
+    return {"onednn": bool(arithmetic.get("onednn")), "contractions": arithmetic.get("contractions", "onednn"),
+            "isa": "any" if cpu_independent(arithmetic) else list(arithmetic.get("isa", [])),
             "kaf_kernels": arithmetic.get("kaf_kernels")}
 
 
 def label(arithmetic: dict) -> str:
     """One line for tables and failure messages (the instruction sets only where they change results)."""
-    if not arithmetic.get("onednn"):
-        return f"oneDNN off (the same on every x86 CPU), KAF kernels {arithmetic.get('kaf_kernels')}"
+    kernels = f"KAF kernels {arithmetic.get('kaf_kernels')}"
+    if cpu_independent(arithmetic):
+        return f"oneDNN off, Eigen contractions (the same on every x86 CPU), {kernels}"
     isa = "+".join(arithmetic.get("isa", [])) or "?"
-    return f"oneDNN on, {isa}, KAF kernels {arithmetic.get('kaf_kernels')}"
+    if not arithmetic.get("onednn"):
+        return f"oneDNN off but oneDNN's sgemm in contractions, {isa}, {kernels}"
+    return f"oneDNN on, {isa}, {kernels}"

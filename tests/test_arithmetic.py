@@ -18,22 +18,40 @@ def test_onednn_switch_read_as_tensorflow_reads_it(monkeypatch, value, enabled):
     assert arithmetic.onednn_enabled() is enabled
 
 
+@pytest.mark.parametrize("value,kernel", [(None, "onednn"), ("1", "onednn"), ("0", "eigen"), ("false", "eigen")])
+def test_contraction_switch_read_as_tensorflow_reads_it(monkeypatch, value, kernel):
+    if value is None:
+        monkeypatch.delenv(arithmetic.CONTRACTION_ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(arithmetic.CONTRACTION_ENV_VAR, value)
+    assert arithmetic.contractions() == kernel
+
+
 def test_describe_and_label():
     d = arithmetic.describe()
-    assert set(d) == {"onednn", "isa", "kaf_kernels", "kaf_target"}
+    assert set(d) == {"onednn", "contractions", "isa", "kaf_kernels", "kaf_target"}
     assert set(d["isa"]) <= {"avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"}
-    assert arithmetic.label({"onednn": False, "isa": ["avx2", "fma"], "kaf_kernels": "portable"}) == \
-        "oneDNN off (the same on every x86 CPU), KAF kernels portable"
+    reference = {"onednn": False, "contractions": "eigen", "isa": ["avx2", "fma"], "kaf_kernels": "portable"}
+    assert arithmetic.label(reference) == \
+        "oneDNN off, Eigen contractions (the same on every x86 CPU), KAF kernels portable"
+    assert arithmetic.label({**reference, "contractions": "onednn"}) == \
+        "oneDNN off but oneDNN's sgemm in contractions, avx2+fma, KAF kernels portable"
     assert arithmetic.label({"onednn": True, "isa": ["avx2", "fma"], "kaf_kernels": "compiled"}) == \
         "oneDNN on, avx2+fma, KAF kernels compiled"
 
 
-def test_results_key_ignores_the_cpu_only_with_onednn_off():
-    off = {"onednn": False, "isa": ["avx2"], "kaf_kernels": "compiled", "cpu": "A"}
+def test_results_key_ignores_the_cpu_only_without_any_onednn_code():
+    """oneDNN's rewrites and its sgemm (TensorFlow's default contractions, also with the rewrites off) pick code by
+    the CPU; a header without ``contractions`` predates the field and had TensorFlow's default."""
+    off = {"onednn": False, "contractions": "eigen", "isa": ["avx2"], "kaf_kernels": "compiled", "cpu": "A"}
     assert arithmetic.results_key(off) == arithmetic.results_key({**off, "isa": ["avx2", "avx512f"], "cpu": "B"})
-    on = {**off, "onednn": True}
-    assert arithmetic.results_key(on) != arithmetic.results_key({**on, "isa": ["avx2", "avx512f"]})
+    for cpu_dependent in ({**off, "onednn": True}, {**off, "contractions": "onednn"},
+                          {k: v for k, v in off.items() if k != "contractions"}):
+        assert arithmetic.results_key(cpu_dependent) != arithmetic.results_key({**cpu_dependent, "isa": ["avx512f"]})
     assert arithmetic.results_key(off) != arithmetic.results_key({**off, "kaf_kernels": "portable"})
+    assert arithmetic.env_for(off) == arithmetic.REFERENCE_ENV
+    assert arithmetic.env_for({"onednn": True}) == {"TF_ENABLE_ONEDNN_OPTS": "1",
+                                                    "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "1"}
 
 
 def test_shift_summary_against_the_reference_path():

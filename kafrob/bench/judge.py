@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kafrob.arithmetic import kaf_kernels
+from kafrob.arithmetic import REFERENCE_COMMAND, env_for, kaf_kernels, label
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
 from kafrob.bench.shards import (
     FIELDS,
@@ -227,11 +227,12 @@ def released_failures(activation: str) -> list[str]:
 def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
     """Attack the first RECHECK_IMAGES images of the stored shard 0 of a named model (``thesis:resnet20-<act>``,
     ``<tier>:<case>``) again, both label modes, in a child process with the stored arithmetic; failures as lines,
-    empty when every per-example field is identical."""
+    empty when every per-example field is identical. Under a CPU-dependent arithmetic (oneDNN code, kafrob.arithmetic)
+    on another CPU a difference is reported as possibly the CPU's."""
     failures = []
     reference = {m: load_shard(protocol_spec(model, m).shard_path(root, 0)) for m in ("predicted", "true")}
     header = reference["predicted"]["header"]
-    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if header["onednn"] else "0"}
+    env = {**os.environ, **env_for(header)}
     if header["kaf_kernels"] == "portable":
         env["KAFROB_NATIVE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,15 +246,20 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
             again = load_shard(protocol_spec(model, mode, RECHECK_IMAGES).shard_path(Path(tmp), 0))
             mine, theirs = agreement_key(again["header"]), agreement_key(stored_shard["header"])
             mine["spec"] = theirs["spec"] = None
-            if mine != theirs:
+            if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
                 failures.append(f"{model}: the stored shards were computed with {theirs}, this machine computes with "
                                 f"{mine}: install the locked versions (requirements.lock)")
                 break
+            cause = "the code changed the computation"
+            if mine["arithmetic"] != theirs["arithmetic"]:  # another CPU under a CPU-dependent arithmetic
+                cause = (f"stored on {stored_shard['header'].get('cpu')} ({label(stored_shard['header'])}), "
+                         f"recomputed on {again['header'].get('cpu')} ({label(again['header'])}): the CPU or the "
+                         f"code changed it; shards made with {REFERENCE_COMMAND} are the same on every x86 CPU")
             for field in FIELDS:
                 differ = np.flatnonzero(again[field] != stored_shard[field][:RECHECK_IMAGES])
                 if len(differ):
                     failures.append(f"{model} {mode} labels: {field} differs from the stored shard on images "
-                                    f"{again['index'][differ].tolist()}: the code changed the computation")
+                                    f"{again['index'][differ].tolist()}: {cause}")
     return failures
 
 

@@ -29,6 +29,7 @@ from kafrob.bench.shards import (
     ShardSpec,
     agreement_key,
     evaluation_order,
+    finished,
     load_shard,
     released_measurement,
     save_shard,
@@ -217,6 +218,22 @@ def run_shard(model, data, spec: ShardSpec, shard: int, *, batch_size: int = SHA
     return {**{f: np.asarray(v).astype(np.int32) for f, v in arrays.items()}, "header": header}
 
 
+def _same_arithmetic(spec: ShardSpec, root: Path, here: dict) -> None:
+    """Refuse to add shards to an evaluation whose finished shards were computed under another arithmetic or
+    versions: they could not be merged (kafrob.bench.shards.merge)."""
+    done = finished(spec, root)
+    if not done:
+        return
+    header = load_shard(spec.shard_path(root, done[0]))["header"]
+    if agreement_key({**header, "spec": None}) != here:
+        from kafrob.arithmetic import env_for, label
+
+        needs = " ".join(f"{k}={v}" for k, v in env_for(header).items())
+        raise ShardError(f"{spec.directory(root)} holds shards computed under {label(header)}, TF "
+                         f"{header.get('tensorflow')}, Keras {header.get('keras')}; this process computes under "
+                         f"{label(environment())}: run with {needs} and the locked versions, or --recompute them all")
+
+
 def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
                load_data: Callable[[], object], progress: Callable[[str], None] = print,
                recompute: bool = False) -> list[Path]:
@@ -228,7 +245,10 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
     progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
     data = load_data() if todo else None
     started, done_images = time.time(), 0
-    here = agreement_key({**environment(), "spec": None})  # this process's arithmetic, for reusing a sibling
+    here = agreement_key({**environment(), "spec": None})  # this process's arithmetic and versions
+    if not recompute:
+        for spec in dict.fromkeys(spec for spec, _ in todo):
+            _same_arithmetic(spec, root, here)
     for i, (spec, shard) in enumerate(todo, 1):
         if not recompute and spec.shard_path(root, shard).exists():  # another process finished it meanwhile
             progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} "

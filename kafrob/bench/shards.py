@@ -143,8 +143,8 @@ def stored_environment(root: Path = SHARDS_DIR) -> dict:
         raise ShardError(f"the shards under {root} were computed under {len(keys)} arithmetics or versions "
                          f"({'; '.join(sorted(keys))}); recompute the odd ones (--recompute)")
     first = headers[0]
-    return {**{k: first.get(k) for k in ("onednn", "kaf_kernels", "tensorflow", "keras", "lock", "python",
-                                         "machine", "device")},
+    return {**{k: first.get(k) for k in ("onednn", "contractions", "kaf_kernels", "tensorflow", "keras", "lock",
+                                         "python", "machine", "device")},
             "isa": [f for f in first.get("isa", []) if all(f in h.get("isa", []) for h in headers)],
             "cpu": "; ".join(sorted({str(h.get("cpu")) for h in headers})),
             "code_versions": sorted({str(h.get("code_version")) for h in headers})}
@@ -198,7 +198,8 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
             what = "; ".join(f"{k}: {key[k]} vs {first[k]}" for k in differ)
             raise ShardError(f"shard {s} of {folder} was computed with another {', '.join(differ)} than shard "
                              f"{found[0]} ({what}); recompute one of them (--recompute) before merging")
-    header = {**first, **{k: loaded[0]["header"].get(k) for k in ("onednn", "isa", "kaf_kernels", "cpu")}}
+    header = {**first, **{k: loaded[0]["header"].get(k) for k in ("onednn", "contractions", "isa", "kaf_kernels",
+                                                                    "cpu")}}
     header["seconds"] = sum(s["header"]["seconds"] for s in loaded)
     # recorded, not compared (the checkpoints tier re-computes a stored shard); several are flagged by the CLI
     header["code_versions"] = sorted({str(s["header"].get("code_version")) for s in loaded})

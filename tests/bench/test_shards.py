@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 
+from kafrob import arithmetic
 from kafrob.attacks.autoattack import AutoAttackConfig
 from kafrob.attacks.pgd import PGDConfig
 from kafrob.bench import run as bench_run
@@ -124,14 +125,15 @@ def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
         shards.merge(spec, tmp_path)
     other["header"]["onednn"] = not other["header"]["onednn"]
     other["header"]["isa"] = ["avx2"] if other["header"]["onednn"] else []
-    shards.save_shard(paths[1], other)  # the CPU's instruction sets matter only with oneDNN on
-    if other["header"]["onednn"]:
+    shards.save_shard(paths[1], other)  # the CPU's instruction sets matter only under oneDNN code
+    if arithmetic.cpu_independent(other["header"]):
+        assert shards.merge(spec, tmp_path).n == 20
+    else:
         with pytest.raises(shards.ShardError, match="another arithmetic"):
             shards.merge(spec, tmp_path)
-    else:
-        assert shards.merge(spec, tmp_path).n == 20
     other = shards.load_shard(paths[1])  # shards from another code version merge, and the merge says so
-    restored = {k: v for k, v in shards.load_shard(paths[0])["header"].items() if k in ("onednn", "isa")}
+    restored = {k: v for k, v in shards.load_shard(paths[0])["header"].items() if k in ("onednn", "isa",
+                                                                                         "contractions")}
     other["header"].update(restored, code_version="0123456789ab")
     shards.save_shard(paths[1], other)
     merged = shards.merge(spec, tmp_path)
@@ -224,7 +226,7 @@ def test_the_stored_environment_names_every_cpu_and_refuses_two_arithmetics(tmp_
                                  progress=lambda _: None)
     for path, cpu, isa in zip(paths, ("CPU A", "CPU B"), (["avx2", "fma"], ["avx2"]), strict=True):
         shard = shards.load_shard(path)
-        shard["header"].update(onednn=False, cpu=cpu, isa=isa)  # Eigen's kernels: the same arithmetic on both
+        shard["header"].update(onednn=False, contractions="eigen", cpu=cpu, isa=isa)  # the same on both CPUs
         shards.save_shard(path, shard)
     env = shards.stored_environment(tmp_path)
     assert env["cpu"] == "CPU A; CPU B" and env["isa"] == ["avx2"] and env["onednn"] is False
@@ -235,3 +237,24 @@ def test_the_stored_environment_names_every_cpu_and_refuses_two_arithmetics(tmp_
         shards.stored_environment(tmp_path)
     with pytest.raises(shards.ShardError, match="no stored shard"):
         shards.stored_environment(tmp_path / "empty")
+
+
+def test_shards_are_added_only_under_the_arithmetic_of_those_finished(tmp_path):
+    """A shard computed under another arithmetic could not be merged with the finished ones: refused before any
+    work, with the environment that would compute under theirs."""
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    spec = shards.ShardSpec("tiny", PGDConfig(iterations=1, restarts=1), shard_images=10)
+    (path,) = bench_run.run_shards([(spec, 0)], tmp_path, load_model=lambda _: model, load_data=_data,
+                                   progress=lambda _: None)
+    shard = shards.load_shard(path)
+    shard["header"].update(onednn=not shard["header"]["onednn"])
+    shards.save_shard(path, shard)
+    wanted = "TF_ENABLE_ONEDNN_OPTS=" + ("1" if shard["header"]["onednn"] else "0")
+    with pytest.raises(shards.ShardError, match=f"holds shards computed under .* run with {wanted} "):
+        bench_run.run_shards([(spec, 0), (spec, 1)], tmp_path, load_model=lambda _: model, load_data=_data,
+                             progress=lambda _: None)
+    assert not spec.shard_path(tmp_path, 1).exists()
+    bench_run.run_shards([(spec, 1)], tmp_path, load_model=lambda _: model, load_data=_data, progress=lambda _: None,
+                         recompute=True)  # asked for: computed (a merge would still refuse the mixture)
+    with pytest.raises(shards.ShardError, match="another arithmetic"):
+        shards.merge(spec, tmp_path)
