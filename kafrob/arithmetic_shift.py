@@ -3,9 +3,9 @@
 The released models are float16 networks, so "the clean accuracy of a released model" is a property of the
 model and the arithmetic that runs it. Each path below predicts every test image; per row we report its
 accuracy, its argmax agreement with the reference path and the accuracy difference. The reference path is
-oneDNN off, plain graph, the thesis's float16 arithmetic: there the import equals the SavedModel exactly on
-every row (tests/test_checkpoints.py) and TensorFlow's Eigen kernels do not depend on the CPU's instruction
-sets. oneDNN is chosen when TensorFlow starts, so every path runs in a process of its own:
+the reference arithmetic (kafrob.arithmetic: oneDNN off and Eigen's own contractions), plain graph, the thesis's
+float16 arithmetic: there the import equals the SavedModel exactly on every row (tests/test_checkpoints.py) and
+no kernel depends on the CPU. oneDNN is chosen when TensorFlow starts, so every path runs in a process of its own:
 ``python -m kafrob.arithmetic_shift`` runs them all and writes ``reference_results/checkpoints_arithmetic.*``.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-REFERENCE = "oneDNN off, graph"
+REFERENCE = "oneDNN off, Eigen contractions, graph"
 BATCH = 500
 
 
@@ -38,16 +38,20 @@ class ArithmeticPath:
     jit: bool = False
     computation: Computation = Computation.THESIS_IMPORT
     kaf_kernels: str = ""  # KAFROB_NATIVE for this path ("0": portable); only float32 imports use them
+    contractions: str = "onednn"  # TensorFlow's contractions: oneDNN's sgemm (its default) or Eigen's own
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1" if self.onednn else "0", "KAFROB_NATIVE": self.kaf_kernels,
-                "TF_CPP_MIN_LOG_LEVEL": "2"}
+        from kafrob.arithmetic import env_for
+
+        return {**os.environ, **env_for({"onednn": self.onednn, "contractions": self.contractions}),
+                "KAFROB_NATIVE": self.kaf_kernels, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 PATHS = (
-    ArithmeticPath(REFERENCE, onednn=False),
+    ArithmeticPath(REFERENCE, onednn=False, contractions="eigen"),
+    ArithmeticPath("oneDNN off, graph", onednn=False),
     ArithmeticPath("oneDNN on, graph", onednn=True),
-    ArithmeticPath("oneDNN off, XLA", onednn=False, jit=True),
+    ArithmeticPath("oneDNN off, XLA", onednn=False, contractions="eigen", jit=True),
     ArithmeticPath("SavedModel, oneDNN on", onednn=True, computation=Computation.SAVED_MODEL),
     ArithmeticPath("float32, compiled KAF kernels", onednn=True, computation=Computation.FLOAT32_IMPORT),
     ArithmeticPath("float32, portable KAF kernels", onednn=True, computation=Computation.FLOAT32_IMPORT,
@@ -77,8 +81,9 @@ def _worker(path: ArithmeticPath, out: Path) -> None:
     from kafrob.checkpoints import THESIS_CHECKPOINTS
     from kafrob.data import load_cifar10, to_float
 
-    if arithmetic.onednn_enabled() != path.onednn:
-        raise RuntimeError(f"path {path.name!r} needs TF_ENABLE_ONEDNN_OPTS={int(path.onednn)} at start-up")
+    if arithmetic.onednn_enabled() != path.onednn or arithmetic.contractions() != path.contractions:
+        needs = " ".join(f"{k}={v}" for k, v in path.env().items() if k in arithmetic.REFERENCE_ENV)
+        raise RuntimeError(f"path {path.name!r} needs {needs} at start-up")
     data = load_cifar10()
     x = to_float(data.x_test).numpy()
     predictions = {}
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in loaded.values():
         p.pop("labels", None)
     rows = summarise(loaded, labels)
-    env = {k: v for k, v in environment().items() if k not in ("onednn", "kaf_kernels", "kaf_target")}
+    env = {k: v for k, v in environment().items() if k not in ("onednn", "contractions", "kaf_kernels", "kaf_target")}
     stem = Path(args.out) if args.out else REFERENCE_DIR / "checkpoints_arithmetic"
     atomic.write_json(stem.with_suffix(".json"), {"environment": env, "reference_path": REFERENCE,
                                                   "paths": [dict(asdict(p), computation=p.computation.value)

@@ -67,4 +67,7 @@ def test_shift_summary_against_the_reference_path():
 def test_every_path_sets_onednn_for_its_process():
     for path in arithmetic_shift.PATHS:
         assert path.env()["TF_ENABLE_ONEDNN_OPTS"] == ("1" if path.onednn else "0")
-    assert arithmetic_shift.PATHS[0].name == arithmetic_shift.REFERENCE
+        assert path.env()["TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"] == ("0" if path.contractions == "eigen" else "1")
+    reference = arithmetic_shift.PATHS[0]
+    assert reference.name == arithmetic_shift.REFERENCE
+    assert {k: reference.env()[k] for k in arithmetic.REFERENCE_ENV} == arithmetic.REFERENCE_ENV
