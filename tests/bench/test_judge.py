@@ -119,3 +119,35 @@ def test_recompute_reproduces_the_stored_shard_and_catches_a_change(shared_check
     shards.save_shard(path, altered)
     failures = judge.recompute("thesis:resnet20-relu", tmp_path)
     assert len(failures) == 1 and "adv_pred differs" in failures[0] and str(altered["index"][3]) in failures[0]
+
+
+def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tmp_path):
+    """A small model's stored shard 0 (the thesis protocol, both label modes) recomputes identically; one altered
+    per-example result is the code's change under the stored arithmetic, and possibly the CPU's when the shard says
+    it was computed under a CPU-dependent arithmetic on another CPU."""
+    import keras
+
+    from kafrob.bench import run
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(10)])
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    plan = [(shards.protocol_spec(str(path), mode), 0) for mode in ("predicted", "true")]
+    run.run_shards(plan, tmp_path, load_model=lambda _: model, load_data=lambda: cifar, progress=lambda _: None)
+    assert judge.recompute(str(path), tmp_path) == []
+    stored = plan[0][0].shard_path(tmp_path, 0)
+    shard = shards.load_shard(stored)
+    shard["adv_pred"][0] = (shard["adv_pred"][0] + 1) % 10
+    shards.save_shard(stored, shard)
+    (failure,) = judge.recompute(str(path), tmp_path)
+    assert "adv_pred differs" in failure and failure.endswith("the code changed the computation")
+    shard["header"].update(onednn=False, contractions="onednn", isa=["not-this-cpu"], cpu="another CPU")
+    for spec, _ in plan:  # both modes' headers: the stored arithmetic is read from the predicted one
+        other = shards.load_shard(spec.shard_path(tmp_path, 0))
+        shards.save_shard(spec.shard_path(tmp_path, 0), {**other, "header": {**other["header"], **shard["header"],
+                                                                             "spec": other["header"]["spec"]}})
+    failures = judge.recompute(str(path), tmp_path)
+    assert failures and all("stored on another CPU (oneDNN off but oneDNN's sgemm" in f for f in failures)
+    assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 are the same on every x86 CPU" in failures[0]
