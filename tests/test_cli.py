@@ -56,6 +56,18 @@ def test_several_models_need_shards(capsys):
     assert code == 2 and "need --shards-dir" in capsys.readouterr().err
 
 
+def test_a_reference_store_takes_shards_under_the_reference_arithmetic_only(monkeypatch, capsys):
+    from kafrob import arithmetic
+    from kafrob.bench.store import REFERENCE_DIR
+
+    monkeypatch.setattr(arithmetic, "describe", lambda: {"onednn": False, "contractions": "onednn", "isa": ["avx2"],
+                                                         "kaf_kernels": "compiled"})
+    store = REFERENCE_DIR / "checkpoints" / "shards"
+    assert cli.main(["evaluate", "--checkpoint", "thesis:resnet20-relu", "--n", "200", "--shards-dir", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run with TF_ENABLE_ONEDNN_OPTS=0 TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0" in err[0]
+
+
 def test_verdict_without_shards_is_one_line(tmp_path, capsys):
     assert cli.main(["verdict", "--shards-dir", str(tmp_path)]) == 2
     assert "no finished shards in" in capsys.readouterr().err
