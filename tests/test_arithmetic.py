@@ -29,7 +29,8 @@ def test_contraction_switch_read_as_tensorflow_reads_it(monkeypatch, value, kern
 
 def test_describe_and_label():
     d = arithmetic.describe()
-    assert set(d) == {"onednn", "contractions", "isa", "kaf_kernels", "kaf_target"}
+    assert set(d) == {"onednn", "contractions", "threads", "l1d_kib", "isa", "kaf_kernels", "kaf_target"}
+    assert d["threads"] >= 1 and (d["l1d_kib"] is None or d["l1d_kib"] > 0)
     assert set(d["isa"]) <= {"avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"}
     reference = {"onednn": False, "contractions": "eigen", "isa": ["avx2", "fma"], "kaf_kernels": "portable"}
     assert arithmetic.label(reference) == \
@@ -71,3 +72,13 @@ def test_every_path_sets_onednn_for_its_process():
     reference = arithmetic_shift.PATHS[0]
     assert reference.name == arithmetic_shift.REFERENCE
     assert {k: reference.env()[k] for k in arithmetic.REFERENCE_ENV} == arithmetic.REFERENCE_ENV
+
+
+def test_eigen_blocking_tells_one_thread_from_several(monkeypatch):
+    assert arithmetic.eigen_blocking({"threads": 2, "l1d_kib": 48}) == arithmetic.eigen_blocking({"threads": 4,
+                                                                                                 "l1d_kib": 48})
+    assert arithmetic.eigen_blocking({"threads": 1, "l1d_kib": 48}) != arithmetic.eigen_blocking({"threads": 2,
+                                                                                                 "l1d_kib": 48})
+    assert arithmetic.eigen_blocking({}) == (None, None)  # headers before the fields
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert arithmetic.intra_op_threads() == 3

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kafrob.arithmetic import REFERENCE_COMMAND, env_for, kaf_kernels, label
+from kafrob.arithmetic import REFERENCE_COMMAND, eigen_blocking, env_for, kaf_kernels, label
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
 from kafrob.bench.shards import (
     FIELDS,
@@ -251,6 +251,10 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
                                 f"{mine}: install the locked versions (requirements.lock)")
                 break
             cause = "the code changed the computation"
+            stored_blocks, blocks = eigen_blocking(stored_shard["header"]), eigen_blocking(again["header"])
+            if None not in stored_blocks and stored_blocks != blocks:  # Eigen's blocks: another summation order
+                cause = (f"stored with (several threads, L1d KiB) = {stored_blocks}, recomputed with {blocks}: Eigen "
+                         f"sizes its blocks by these, so the machine or the code changed it")
             if mine["arithmetic"] != theirs["arithmetic"]:  # another CPU under a CPU-dependent arithmetic
                 cause = (f"stored on {stored_shard['header'].get('cpu')} ({label(stored_shard['header'])}), "
                          f"recomputed on {again['header'].get('cpu')} ({label(again['header'])}): the CPU or the "

@@ -147,6 +147,8 @@ def stored_environment(root: Path = SHARDS_DIR) -> dict:
                                          "python", "machine", "device")},
             "isa": [f for f in first.get("isa", []) if all(f in h.get("isa", []) for h in headers)],
             "cpu": "; ".join(sorted({str(h.get("cpu")) for h in headers})),
+            "threads": sorted({h["threads"] for h in headers if "threads" in h}),
+            "l1d_kib": sorted({h["l1d_kib"] for h in headers if h.get("l1d_kib")}),
             "code_versions": sorted({str(h.get("code_version")) for h in headers})}
 
 

@@ -230,6 +230,7 @@ def test_the_stored_environment_names_every_cpu_and_refuses_two_arithmetics(tmp_
         shards.save_shard(path, shard)
     env = shards.stored_environment(tmp_path)
     assert env["cpu"] == "CPU A; CPU B" and env["isa"] == ["avx2"] and env["onednn"] is False
+    assert env["threads"] == [arithmetic.intra_op_threads()]
     shard = shards.load_shard(paths[1])
     shard["header"]["onednn"] = True
     shards.save_shard(paths[1], shard)
