@@ -348,7 +348,7 @@ def cmd_regenerate(args) -> int:
     """A tier's reference files from a complete set of measurements: re-measured (all or nothing), or the last
     benchmark run's; the checkpoints tier's come from the stored evaluation, a floor tier's from its kept models."""
     from kafrob.bench.run import run_case
-    from kafrob.bench.shards import released_measurement, stored_environment
+    from kafrob.bench.shards import ShardError, released_measurement, stored_environment
     from kafrob.bench.store import common_environment, load_measurements, write_references
     from kafrob.bench.tiers import Reference, Source, get_tier
     from kafrob.data import load_cifar10
@@ -356,8 +356,16 @@ def cmd_regenerate(args) -> int:
     tier = get_tier(args.tier)
     cases = list(tier.cases())
     env, comparisons = None, None
-    if tier.source is Source.THESIS_CHECKPOINT:
-        measurements = [released_measurement(e.activation) for e in cases]
+    if tier.source is Source.THESIS_CHECKPOINT:  # the rows whose stored evaluation has begun
+        measurements = []
+        for e in cases:
+            try:
+                measurements.append(released_measurement(e.activation))
+            except ShardError as exc:
+                print(f"left out {e.id}: {exc}", file=sys.stderr)
+        if not measurements:
+            raise ValueError("no released row has a stored shard in both label modes yet (README: the evaluation "
+                             "command)")
         env = stored_environment()  # where the shards were computed, not this process
     elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
         from kafrob.bench.trained import stored_comparisons, stored_measurement, stored_path, train_command

@@ -161,3 +161,28 @@ def test_table_and_regenerate_from_measurements(tmp_path, capsys, monkeypatch):
     store.save_measurement(store.Measurement(e.id, "smoke", 20.0, 10.0, (15.0, 25.0), (6.0, 14.0), 100, 100, 1.0, 2.3))
     assert cli.main(["regenerate", "--tier", "smoke", "--from-measurements"]) == 0
     assert json.loads((tmp_path / "refs" / "smoke.json").read_text())["results"][e.id]["train_loss"] == 2.3
+
+
+def test_regenerate_checkpoints_leaves_out_rows_without_stored_shards(tmp_path, capsys, monkeypatch):
+    """The released rows' table is written from the rows whose evaluation has begun, the others named on stderr; with
+    none begun it is a one-line error. The environment is the stored shards', not this process's."""
+    from kafrob.bench import shards
+
+    def measurement(activation):
+        if activation != "relu":
+            raise shards.ShardError(f"thesis:resnet20-{activation}: no shard finished in both label modes")
+        return store.Measurement("resnet20-relu", "checkpoints", 76.4, 48.5, (75.6, 77.2), (41.7, 55.4), 10000, 200,
+                                 1.0, robust_accuracy_true=36.0)
+
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
+    monkeypatch.setattr(shards, "released_measurement", measurement)
+    monkeypatch.setattr(shards, "stored_environment", lambda: {"cpu": "the shards' CPU", "device": "CPU"})
+    assert cli.main(["regenerate", "--tier", "checkpoints"]) == 0
+    err = capsys.readouterr().err
+    assert "left out resnet20-kaf_free: thesis:resnet20-kaf_free: no shard" in err
+    assert "left out resnet20-relu" not in err
+    written = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert list(written["results"]) == ["resnet20-relu"] and written["environment"]["cpu"] == "the shards' CPU"
+    monkeypatch.setattr(shards, "released_measurement", lambda a: measurement("none"))
+    assert cli.main(["regenerate", "--tier", "checkpoints"]) == 2
+    assert "no released row has a stored shard" in capsys.readouterr().err
