@@ -190,7 +190,8 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
         if missing:
             raise ShardError(f"{folder}: shards {missing} are not finished; run them first")
     if not found:
-        raise ShardError(f"no finished shard in {folder}; run `kafrob evaluate --shards ...` first")
+        raise ShardError(f"no finished shard in {folder}; run `kafrob evaluate --checkpoint {spec.model} "
+                         f"--shards-dir {root}` first")
     loaded = [load_shard(spec.shard_path(root, s)) for s in found]
     first = agreement_key(loaded[0]["header"])
     for s, shard in zip(found, loaded, strict=True):
