@@ -7,9 +7,9 @@ products and convolutions still call oneDNN's sgemm, which also picks its code b
 released kaf_elu model: 77.43% clean accuracy on an Intel Xeon, 77.58% on an AMD EPYC, same code and batch);
 ``TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0`` makes them Eigen's own, compiled for one x86 baseline.
 Both off is the reference arithmetic (``REFERENCE_ENV``), meant to be the same on every x86 CPU (Eigen
-still sizes its blocks by the threads and caches: ``eigen_blocking``; and by the shapes, so the batch matters). The KAF layers run
-compiled or portable kernels (kafrob.native). Ridge-initialised KAFs and the released float16 thesis models
-amplify rounding differences (README, "KAF kernels and arithmetic").
+still sizes its blocks by the threads and caches: ``eigen_blocking``; and by the shapes, so the batch matters).
+The KAF layers run compiled or portable kernels (kafrob.native). Ridge-initialised KAFs and the released float16
+thesis models amplify rounding differences (README, "KAF kernels and arithmetic").
 """
 
 from __future__ import annotations
