@@ -115,7 +115,7 @@ def label(arithmetic: dict) -> str:
     """One line for tables and failure messages (the instruction sets only where they change results)."""
     kernels = f"KAF kernels {arithmetic.get('kaf_kernels')}"
     if cpu_independent(arithmetic):
-        return f"oneDNN off, Eigen contractions (the same on every x86 CPU), {kernels}"
+        return f"oneDNN off, Eigen contractions (no CPU-dispatched code), {kernels}"
     isa = "+".join(arithmetic.get("isa", [])) or "?"
     if not arithmetic.get("onednn"):
         return f"oneDNN off but oneDNN's sgemm in contractions, {isa}, {kernels}"

@@ -34,7 +34,7 @@ def test_describe_and_label():
     assert set(d["isa"]) <= {"avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"}
     reference = {"onednn": False, "contractions": "eigen", "isa": ["avx2", "fma"], "kaf_kernels": "portable"}
     assert arithmetic.label(reference) == \
-        "oneDNN off, Eigen contractions (the same on every x86 CPU), KAF kernels portable"
+        "oneDNN off, Eigen contractions (no CPU-dispatched code), KAF kernels portable"
     assert arithmetic.label({**reference, "contractions": "onednn"}) == \
         "oneDNN off but oneDNN's sgemm in contractions, avx2+fma, KAF kernels portable"
     assert arithmetic.label({"onednn": True, "isa": ["avx2", "fma"], "kaf_kernels": "compiled"}) == \
