@@ -42,7 +42,7 @@ from kafrob.bench.shards import (
     SHARDS_DIR,
     THESIS_CLEAN_N,
     Merged,
-    agreement_key,
+    computed_with,
     load_shard,
     protocol_spec,
     stored,
@@ -244,8 +244,7 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
             return [f"{model}: re-computing {RECHECK_IMAGES} images failed: {last}"]
         for mode, stored_shard in reference.items():
             again = load_shard(protocol_spec(model, mode, RECHECK_IMAGES).shard_path(Path(tmp), 0))
-            mine, theirs = agreement_key(again["header"]), agreement_key(stored_shard["header"])
-            mine["spec"] = theirs["spec"] = None
+            mine, theirs = computed_with(again["header"]), computed_with(stored_shard["header"])
             if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
                 failures.append(f"{model}: the stored shards were computed with {theirs}, this machine computes with "
                                 f"{mine}: install the locked versions (requirements.lock)")

@@ -27,7 +27,7 @@ from kafrob.bench.shards import (
     SHARD_IMAGES,
     ShardError,
     ShardSpec,
-    agreement_key,
+    computed_with,
     evaluation_order,
     finished,
     load_shard,
@@ -225,7 +225,7 @@ def _same_arithmetic(spec: ShardSpec, root: Path, here: dict) -> None:
     if not done:
         return
     header = load_shard(spec.shard_path(root, done[0]))["header"]
-    if agreement_key({**header, "spec": None}) != here:
+    if computed_with(header) != here:
         from kafrob.arithmetic import env_for, label
 
         needs = " ".join(f"{k}={v}" for k, v in env_for(header).items())
@@ -245,7 +245,7 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
     progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
     data = load_data() if todo else None
     started, done_images = time.time(), 0
-    here = agreement_key({**environment(), "spec": None})  # this process's arithmetic and versions
+    here = computed_with(environment())  # this process's arithmetic and versions
     if not recompute:
         for spec in dict.fromkeys(spec for spec, _ in todo):
             _same_arithmetic(spec, root, here)
@@ -256,7 +256,7 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
             continue
         other = sibling(spec).shard_path(root, shard)
         reuse = load_shard(other) if other.exists() else None
-        if reuse is not None and (agreement_key({**reuse["header"], "spec": None}) != here
+        if reuse is not None and (computed_with(reuse["header"]) != here
                                   or reuse["header"].get("reused")):
             reuse = None  # other arithmetic, or itself reused: then neither file would hold the attack's cost
         result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)

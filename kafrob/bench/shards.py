@@ -54,6 +54,11 @@ def agreement_key(header: dict) -> dict:
             "keras": header.get("keras")}
 
 
+def computed_with(header: dict) -> dict:
+    """``agreement_key`` without the spec: the arithmetic and versions a shard (or this process) computes with."""
+    return {**agreement_key(header), "spec": None}
+
+
 class ShardError(RuntimeError):
     """Shards that cannot be run or merged as asked; the message says why and what to do."""
 
@@ -138,7 +143,7 @@ def stored_environment(root: Path = SHARDS_DIR) -> dict:
             headers.append(json.loads(str(z["header"])))
     if not headers:
         raise ShardError(f"no stored shard under {root}; run `kafrob evaluate ... --shards-dir {root}` first")
-    keys = {json.dumps({**agreement_key(h), "spec": None}, sort_keys=True) for h in headers}
+    keys = {json.dumps(computed_with(h), sort_keys=True) for h in headers}
     if len(keys) > 1:
         raise ShardError(f"the shards under {root} were computed under {len(keys)} arithmetics or versions "
                          f"({'; '.join(sorted(keys))}); recompute the odd ones (--recompute)")
