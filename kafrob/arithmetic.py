@@ -98,9 +98,10 @@ def describe() -> dict:
 
 
 def cpu_independent(arithmetic: dict) -> bool:
-    """Whether results under ``arithmetic`` are the same on every x86 CPU: no oneDNN code at all (Eigen's kernels
-    are compiled for one baseline; the compiled KAF kernels give identical results on every target,
-    tests/test_native.py). Headers without ``contractions`` predate the field: TensorFlow's default, oneDNN's."""
+    """Whether ``arithmetic`` runs no CPU-dispatched code: no oneDNN code at all (Eigen's kernels are compiled for one
+    baseline and depend on the machine only through their blocking, ``eigen_blocking``; the compiled KAF kernels give
+    identical results on every target, tests/test_native.py). Headers without ``contractions`` predate the field:
+    TensorFlow's default, oneDNN's."""
     return not arithmetic.get("onednn") and arithmetic.get("contractions", "onednn") == "eigen"
 
 

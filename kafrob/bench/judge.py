@@ -257,7 +257,7 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
             if mine["arithmetic"] != theirs["arithmetic"]:  # another CPU under a CPU-dependent arithmetic
                 cause = (f"stored on {stored_shard['header'].get('cpu')} ({label(stored_shard['header'])}), "
                          f"recomputed on {again['header'].get('cpu')} ({label(again['header'])}): the CPU or the "
-                         f"code changed it; shards made with {REFERENCE_COMMAND} are the same on every x86 CPU")
+                         f"code changed it; shards made with {REFERENCE_COMMAND} run no CPU-dispatched code")
             for field in FIELDS:
                 differ = np.flatnonzero(again[field] != stored_shard[field][:RECHECK_IMAGES])
                 if len(differ):
