@@ -5,7 +5,7 @@
   re-trained model to reach the kept model's accuracies (clean, PGD in both label modes) less ``Tier.floor_margin``;
   a thesis reference allows the tier's tolerance plus the measurement's 95% sampling half-width.
 * Stored evaluations (``recompute``: the released models, the models a tier trained and kept): the code still
-  computes the stored per-example results (the first ``RECHECK_IMAGES`` images of shard 0, attacked again in a
+  computes the stored per-example results (a stored recheck shard of ``RECHECK_IMAGES`` images, attacked again in a
   child process with the stored arithmetic: identical, since random starts are per image).
 * Released models, per row (``against_thesis``): the stored numbers against the thesis: robust
   accuracy (predicted labels, n as stored) within the 95% half-width of the difference of two independent
@@ -35,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kafrob.arithmetic import REFERENCE_COMMAND, eigen_blocking, env_for, kaf_kernels, label
+from kafrob.arithmetic import REFERENCE_COMMAND, cpu_independent, eigen_blocking, env_for, kaf_kernels, label
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
 from kafrob.bench.shards import (
     FIELDS,
     SHARDS_DIR,
     THESIS_CLEAN_N,
     Merged,
+    ShardError,
     computed_with,
     load_shard,
     protocol_spec,
@@ -224,21 +225,49 @@ def released_failures(activation: str) -> list[str]:
     return [c.line(activation) for c in checks if not c.passed]
 
 
+def recheck_args(model: str, root: Path) -> list[str]:
+    """``kafrob`` arguments that store (or re-compute) a model's recheck shard: ``RECHECK_IMAGES`` images, both label
+    modes, attacked as their own shard."""
+    return ["evaluate", "--checkpoint", model, "--labels", "predicted", "true", "--n", str(RECHECK_IMAGES),
+            "--shard-images", str(RECHECK_IMAGES), "--shards-dir", str(root)]
+
+
+def _stored_recheck(model: str, root: Path) -> tuple[dict[str, dict], str]:
+    """What the recompute is compared with: the stored recheck shard (``recheck_args``) of both label modes, or,
+    in a store without one made under a oneDNN arithmetic, the first RECHECK_IMAGES images of shard 0. Under Eigen's
+    contractions (the reference arithmetic) a per-example result depends on the batch it was attacked in (Eigen
+    blocks a product by its sizes), so only a shard of exactly those images is compared; under oneDNN's sgemm the
+    first images of the short tier's kept models' shard 0 (stored on an Intel Xeon) recomputed identically on it and on
+    an AMD EPYC, docs/arithmetic.md. Returns (the stored results by label mode, what they are)"""
+    recheck = {m: protocol_spec(model, m, RECHECK_IMAGES).shard_path(root, 0) for m in ("predicted", "true")}
+    if all(p.exists() for p in recheck.values()):
+        return {m: load_shard(p) for m, p in recheck.items()}, "the stored recheck shard"
+    shard0 = {m: load_shard(protocol_spec(model, m).shard_path(root, 0)) for m in ("predicted", "true")}
+    if cpu_independent(shard0["predicted"]["header"]):
+        raise ShardError(f"{model}: no recheck shard under {root} (its shards were computed under Eigen's "
+                         f"contractions, where a result depends on the batch); store one with "
+                         f"`{REFERENCE_COMMAND} kafrob {' '.join(recheck_args(model, root))}`")
+    first = {m: {**{f: s[f][:RECHECK_IMAGES] for f in FIELDS}, "header": s["header"]} for m, s in shard0.items()}
+    return first, "the stored shard 0"
+
+
 def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
-    """Attack the first RECHECK_IMAGES images of the stored shard 0 of a named model (``thesis:resnet20-<act>``,
-    ``<tier>:<case>``) again, both label modes, in a child process with the stored arithmetic; failures as lines,
-    empty when every per-example field is identical. Under a CPU-dependent arithmetic (oneDNN code, kafrob.arithmetic)
-    on another CPU a difference is reported as possibly the CPU's."""
+    """Attack the recheck images of a named model (``thesis:resnet20-<act>``, ``<tier>:<case>``) again, both label
+    modes, in a child process with the stored arithmetic, and compare every per-example field with the stored
+    results (``_stored_recheck``); failures as lines, empty when identical. Under a CPU-dependent arithmetic (oneDNN
+    code, kafrob.arithmetic) on another CPU a difference is reported as possibly the CPU's."""
     failures = []
-    reference = {m: load_shard(protocol_spec(model, m).shard_path(root, 0)) for m in ("predicted", "true")}
+    try:
+        reference, source = _stored_recheck(model, root)
+    except ShardError as e:
+        return [str(e)]
     header = reference["predicted"]["header"]
     env = {**os.environ, **env_for(header)}
     if header["kaf_kernels"] == "portable":
         env["KAFROB_NATIVE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-m", "kafrob.cli", "evaluate", "--checkpoint", model, "--labels",
-                               "predicted", "true", "--n", str(RECHECK_IMAGES), "--shard-images", str(RECHECK_IMAGES),
-                               "--shards-dir", tmp], env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "kafrob.cli", *recheck_args(model, Path(tmp))],
+                              env=env, capture_output=True, text=True)
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
             return [f"{model}: re-computing {RECHECK_IMAGES} images failed: {last}"]
@@ -259,9 +288,9 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
                          f"recomputed on {again['header'].get('cpu')} ({label(again['header'])}): the CPU or the "
                          f"code changed it; shards made with {REFERENCE_COMMAND} run no CPU-dispatched code")
             for field in FIELDS:
-                differ = np.flatnonzero(again[field] != stored_shard[field][:RECHECK_IMAGES])
+                differ = np.flatnonzero(again[field] != stored_shard[field])
                 if len(differ):
-                    failures.append(f"{model} {mode} labels: {field} differs from the stored shard on images "
+                    failures.append(f"{model} {mode} labels: {field} differs from {source} on images "
                                     f"{again['index'][differ].tolist()}: {cause}")
     return failures
 

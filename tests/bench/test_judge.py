@@ -107,13 +107,13 @@ def test_against_thesis_uses_the_other_rows_shift_and_both_samples():
 
 
 @pytest.mark.slow
-def test_recompute_reproduces_the_stored_shard_and_catches_a_change(shared_checkpoints, cifar, tmp_path):
-    """The first images of the stored ReLU shard are computed again identically; an altered stored result is caught."""
+def test_recompute_reproduces_the_stored_recheck_shard_and_catches_a_change(shared_checkpoints, cifar, tmp_path):
+    """The stored ReLU recheck shard is computed again identically; an altered stored result is caught."""
     for mode in ("predicted", "true"):
-        source = shards.released_spec("relu", mode).directory(shards.SHARDS_DIR)
-        shutil.copytree(source, shards.released_spec("relu", mode).directory(tmp_path))
+        spec = shards.released_spec("relu", mode, judge.RECHECK_IMAGES)
+        shutil.copytree(spec.directory(shards.SHARDS_DIR), spec.directory(tmp_path))
     assert judge.recompute("thesis:resnet20-relu", tmp_path) == []
-    path = shards.released_spec("relu", "predicted").shard_path(tmp_path, 0)
+    path = shards.released_spec("relu", "predicted", judge.RECHECK_IMAGES).shard_path(tmp_path, 0)
     altered = shards.load_shard(path)
     altered["adv_pred"][3] = (altered["adv_pred"][3] + 1) % 10
     shards.save_shard(path, altered)
@@ -122,9 +122,9 @@ def test_recompute_reproduces_the_stored_shard_and_catches_a_change(shared_check
 
 
 def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tmp_path):
-    """A small model's stored shard 0 (the thesis protocol, both label modes) recomputes identically; one altered
-    per-example result is the code's change under the stored arithmetic, and possibly the CPU's when the shard says
-    it was computed under a CPU-dependent arithmetic on another CPU."""
+    """A small model's stored recheck shard (the thesis protocol, both label modes) recomputes identically; one
+    altered per-example result is the code's change under the stored arithmetic, and possibly the CPU's when the
+    shard says it was computed under a CPU-dependent arithmetic on another CPU."""
     import keras
 
     from kafrob.bench import run
@@ -134,7 +134,7 @@ def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tm
                               keras.layers.Flatten(), keras.layers.Dense(10)])
     path = tmp_path / "tiny.keras"
     model.save(path)
-    plan = [(shards.protocol_spec(str(path), mode), 0) for mode in ("predicted", "true")]
+    plan = [(shards.protocol_spec(str(path), mode, judge.RECHECK_IMAGES), 0) for mode in ("predicted", "true")]
     run.run_shards(plan, tmp_path, load_model=lambda _: model, load_data=lambda: cifar, progress=lambda _: None)
     assert judge.recompute(str(path), tmp_path) == []
     stored = plan[0][0].shard_path(tmp_path, 0)
@@ -142,7 +142,8 @@ def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tm
     shard["adv_pred"][0] = (shard["adv_pred"][0] + 1) % 10
     shards.save_shard(stored, shard)
     (failure,) = judge.recompute(str(path), tmp_path)
-    assert "adv_pred differs" in failure and failure.endswith("the code changed the computation")
+    assert "adv_pred differs from the stored recheck shard" in failure
+    assert failure.endswith("the code changed the computation")
     shard["header"].update(onednn=False, contractions="onednn", isa=["not-this-cpu"], cpu="another CPU")
     for spec, _ in plan:  # both modes' headers: the stored arithmetic is read from the predicted one
         other = shards.load_shard(spec.shard_path(tmp_path, 0))
@@ -151,3 +152,16 @@ def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tm
     failures = judge.recompute(str(path), tmp_path)
     assert failures and all("stored on another CPU (oneDNN off but oneDNN's sgemm" in f for f in failures)
     assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 run no CPU-dispatched code" in failures[0]
+
+
+def test_an_eigen_store_without_its_recheck_shard_names_the_command_that_stores_it(tmp_path):
+    """Under Eigen's contractions a result depends on the batch, so the first images of a larger shard are no
+    reference: the recompute asks for the recheck shard instead of reporting differences."""
+    arrays = {f: np.zeros(shards.SHARD_IMAGES, np.int32) for f in shards.FIELDS}
+    for mode in ("predicted", "true"):
+        shards.save_shard(shards.protocol_spec("thesis:resnet20-relu", mode).shard_path(tmp_path, 0),
+                          {**arrays, "header": {"onednn": False, "contractions": "eigen", "kaf_kernels": "native"}})
+    (failure,) = judge.recompute("thesis:resnet20-relu", tmp_path)
+    assert "no recheck shard" in failure and failure.endswith(
+        f"TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 kafrob evaluate --checkpoint thesis:resnet20-relu --labels "
+        f"predicted true --n 10 --shard-images 10 --shards-dir {tmp_path}`")
