@@ -229,7 +229,7 @@ def cmd_gap(args) -> int:
     """PGD (the thesis's attack) against a stronger attack on the same stored images, per model and label mode."""
     from kafrob.attacks import named
     from kafrob.bench.gap import attack_gap, gap_table
-    from kafrob.bench.shards import ShardSpec, merge
+    from kafrob.bench.shards import ShardError, ShardSpec, merge
 
     root, gaps = Path(args.shards_dir), []
     for model in args.checkpoint:
@@ -237,7 +237,12 @@ def cmd_gap(args) -> int:
             pgd = ShardSpec(model, named("pgd", iterations=args.iterations, restarts=args.restarts, label_mode=labels),
                             args.seed, args.shard_images)
             strong = ShardSpec(model, named(args.stronger, label_mode=labels), args.seed, args.shard_images)
-            gaps.append(attack_gap(merge(pgd, root), merge(strong, root)))
+            try:
+                gaps.append(attack_gap(merge(pgd, root), merge(strong, root)))
+            except ShardError as exc:  # a row whose evaluation has not begun: the others still make a table
+                print(f"left out: {exc}", file=sys.stderr)
+    if not gaps:
+        raise ValueError(f"no model has finished shards of both attacks in {root}")
     table = gap_table(gaps, f"PGD-{args.iterations}x{args.restarts}", args.stronger)
     if args.out:
         from kafrob import atomic

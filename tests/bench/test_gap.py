@@ -30,3 +30,16 @@ def test_gap_counts_per_example_on_the_common_images(tiny, tmp_path, capsys):
                      "--iterations", "1", "--restarts", "1", "--shards-dir", str(root), "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "PGD-1x1 robust" in table and "autoattack robust" in table and table.strip() == out.read_text().strip()
+
+    # a model whose stronger attack has not begun is left out, said on standard error; none at all is an error
+    other = tmp_path / "other.keras"
+    other.write_bytes(model_path.read_bytes())
+    assert cli.main([*common[:2], str(other), *common[3:], "--n", "10", "--iterations", "1", "--restarts", "1"]) == 0
+    capsys.readouterr()
+    gap_args = ["gap", "--labels", "true", "--shard-images", "10", "--iterations", "1", "--restarts", "1",
+                "--shards-dir", str(root)]
+    assert cli.main([*gap_args, "--checkpoint", str(model_path), str(other)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("| true ") == 1 and "left out:" in captured.err and "other.keras" in captured.err
+    assert cli.main([*gap_args, "--checkpoint", str(other)]) == 2
+    assert "no model has finished shards of both attacks" in capsys.readouterr().err
