@@ -73,6 +73,9 @@ def _add_eval_args(p, models: bool = True):
                    help="autoattack: AutoAttack's standard composition; the others alone (default pgd)")
     p.add_argument("--iterations", type=int, default=50, help="PGD's (the other attacks keep their published sizes)")
     p.add_argument("--restarts", type=int, default=10, help="PGD's")
+    p.add_argument("--reduction", default="mean", choices=("mean", "sum"),
+                   help="PGD's loss over a batch: mean (ART's, the thesis's) or sum (each image's own gradient: no "
+                        "float16 gradient underflow on the released models, docs/attacks.md)")
     p.add_argument("--labels", default=["true"], nargs="+", choices=LABEL_MODES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-images", type=int, default=SHARD_IMAGES)
@@ -142,7 +145,8 @@ def _attack_config(args, label_mode: str):
     from kafrob.attacks import named
 
     if args.attack == "pgd":
-        return named("pgd", iterations=args.iterations, restarts=args.restarts, label_mode=label_mode)
+        return named("pgd", iterations=args.iterations, restarts=args.restarts, label_mode=label_mode,
+                     reduction=args.reduction)
     return named(args.attack, label_mode=label_mode)
 
 
@@ -234,8 +238,7 @@ def cmd_gap(args) -> int:
     root, gaps = Path(args.shards_dir), []
     for model in args.checkpoint:
         for labels in args.labels:
-            pgd = ShardSpec(model, named("pgd", iterations=args.iterations, restarts=args.restarts, label_mode=labels),
-                            args.seed, args.shard_images)
+            pgd = ShardSpec(model, _attack_config(args, labels), args.seed, args.shard_images)  # --attack is pgd
             strong = ShardSpec(model, named(args.stronger, label_mode=labels), args.seed, args.shard_images)
             try:
                 gaps.append(attack_gap(merge(pgd, root), merge(strong, root)))
@@ -243,7 +246,8 @@ def cmd_gap(args) -> int:
                 print(f"left out: {exc}", file=sys.stderr)
     if not gaps:
         raise ValueError(f"no model has finished shards of both attacks in {root}")
-    table = gap_table(gaps, f"PGD-{args.iterations}x{args.restarts}", args.stronger)
+    summed = ", summed loss" if args.reduction == "sum" else ""
+    table = gap_table(gaps, f"PGD-{args.iterations}x{args.restarts}{summed}", args.stronger)
     if args.out:
         from kafrob import atomic
 

@@ -21,7 +21,7 @@ from kafrob.attacks.apgd import APGDConfig, Loss, apgd_attack
 from kafrob.attacks.autoattack import AutoAttackConfig, autoattack
 from kafrob.attacks.common import Outcome, attacked_labels
 from kafrob.attacks.fab import FABConfig, fab_attack
-from kafrob.attacks.pgd import PGDConfig, pgd_restarts
+from kafrob.attacks.pgd import PGDConfig, Reduction, pgd_restarts
 from kafrob.attacks.square import SquareConfig, square_attack
 
 AttackConfig = PGDConfig | APGDConfig | FABConfig | SquareConfig | AutoAttackConfig
@@ -61,10 +61,12 @@ def name_of(config: AttackConfig) -> str:
 
 
 def tag(config: AttackConfig) -> str:
-    """A short name of the attack and its sizes for folder names: ``pgd50x10-eps8-step2``, ``autoattack-eps8``."""
+    """A short name of the attack and its sizes for folder names: ``pgd50x10-eps8-step2``, ``pgd50x10-sum-eps8-step2``
+    (the summed loss, kafrob.attacks.pgd.Reduction), ``autoattack-eps8``."""
     eps = f"eps{config.eps * 255:g}"
     if isinstance(config, PGDConfig):
-        return f"pgd{config.iterations}x{config.restarts}-{eps}-step{config.step * 255:g}"
+        summed = "-sum" if config.reduction is Reduction.SUM else ""
+        return f"pgd{config.iterations}x{config.restarts}{summed}-{eps}-step{config.step * 255:g}"
     name = name_of(config)
     default = NAMED[name]
     sizes = {k: v for k, v in dataclasses.asdict(config).items()

@@ -3,12 +3,20 @@
 The attack arithmetic and the loss are float32 whatever the model's policy. With restarts, an
 example counts as robust only if the model is right under every restart: the first restart that
 fools it is the adversarial example kept.
+
+The loss is reduced over the batch by its mean (``Reduction.MEAN``: as ART and the thesis's evaluation) or its sum
+(``Reduction.SUM``: each example's own gradient, as APGD's). The sign step makes them the same attack in exact
+arithmetic, but not on a float16 network: the mean scales every example's gradient by 1/batch, and the released
+thesis models' float16 backward pass then rounds many of them to zero or to a few float16 steps (the gradient
+underflow that loss scaling prevents in mixed-precision training). The attack is weakened, and by an amount that
+depends on the batch size (docs/attacks.md, "Gradient underflow").
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from enum import StrEnum
 
 import keras
 import numpy as np
@@ -17,12 +25,19 @@ import tensorflow as tf
 from kafrob.attacks.common import (
     attacked_labels,
     check_label_mode,
-    cross_entropy,
+    cross_entropy_each,
     logits,
     predict,
     random_starts,
     signed_step,
 )
+
+
+class Reduction(StrEnum):
+    """How the per-example losses of a batch become the one loss PGD differentiates."""
+
+    MEAN = "mean"
+    SUM = "sum"
 
 
 @dataclass(frozen=True)
@@ -33,23 +48,26 @@ class PGDConfig:
     restarts: int = 10
     random_start: bool = True
     label_mode: str = "true"  # "predicted" attacks the model's own predictions, as ART's generate(x) does
+    reduction: Reduction = Reduction.MEAN
 
     def __post_init__(self) -> None:
         check_label_mode(self.label_mode)
+        object.__setattr__(self, "reduction", Reduction(self.reduction))  # also from a stored spec's string
         if self.eps < 0 or self.step < 0 or self.iterations < 0 or self.restarts < 1:
             raise ValueError(f"invalid PGD settings {self}")
 
 
 def pgd_run(model: keras.Model, x: tf.Tensor, y: tf.Tensor, start: tf.Tensor, *, eps: float, step: float,
-            iterations: int) -> tf.Tensor:
+            iterations: int, reduction: Reduction = Reduction.MEAN) -> tf.Tensor:
     """One PGD run (no restarts) from ``x + start`` (clipped to the image range): the adversarial batch."""
+    reduce = tf.reduce_mean if reduction is Reduction.MEAN else tf.reduce_sum
     x = tf.cast(x, tf.float32)
     y = tf.cast(y, tf.int32)
     x_adv = tf.clip_by_value(x + tf.cast(start, tf.float32), 0.0, 1.0)
     for _ in tf.range(iterations):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            loss = cross_entropy(y, logits(model, x_adv))
+            loss = reduce(cross_entropy_each(y, logits(model, x_adv)))
         x_adv = signed_step(x_adv, tape.gradient(loss, x_adv), x, eps, step)
     return x_adv
 
@@ -57,14 +75,14 @@ def pgd_run(model: keras.Model, x: tf.Tensor, y: tf.Tensor, start: tf.Tensor, *,
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _compiled_run(model: keras.Model, jit_compile: bool):
+def _compiled_run(model: keras.Model, jit_compile: bool, reduction: Reduction):
     per_model = _COMPILED.setdefault(model, {})
-    if jit_compile not in per_model:
+    if (jit_compile, reduction) not in per_model:
         def run(x, y, start, eps, step, iterations):
-            return pgd_run(model, x, y, start, eps=eps, step=step, iterations=iterations)
+            return pgd_run(model, x, y, start, eps=eps, step=step, iterations=iterations, reduction=reduction)
 
-        per_model[jit_compile] = tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
-    return per_model[jit_compile]
+        per_model[jit_compile, reduction] = tf.function(run, jit_compile=jit_compile, reduce_retracing=True)
+    return per_model[jit_compile, reduction]
 
 
 def default_jit() -> bool:
@@ -84,7 +102,7 @@ def pgd_restarts(model: keras.Model, x, y_attack, config: PGDConfig = PGDConfig(
     """
     if jit_compile is None:
         jit_compile = default_jit()
-    run = _compiled_run(model, jit_compile)
+    run = _compiled_run(model, jit_compile, config.reduction)
     x = np.asarray(x, np.float32)
     best = x.copy()
     first = np.full(len(x), -1, np.int32)

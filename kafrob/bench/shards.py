@@ -28,7 +28,7 @@ import numpy as np
 
 from kafrob import atomic
 from kafrob.attacks import AttackConfig, name_of, tag
-from kafrob.attacks.pgd import PGDConfig
+from kafrob.attacks.pgd import PGDConfig, Reduction
 from kafrob.bench.store import CLEAN_FILE, REFERENCE_DIR, Measurement
 from kafrob.bench.tiers import THESIS_PGD
 from kafrob.stats import wilson_interval
@@ -104,7 +104,13 @@ class ShardSpec:
 
     def to_dict(self) -> dict:
         attack = dataclasses.asdict(self.attack)  # PGD's as the stored shards have it; the others named
-        attack = attack if isinstance(self.attack, PGDConfig) else {"name": name_of(self.attack), **attack}
+        if isinstance(self.attack, PGDConfig):
+            if attack["reduction"] is Reduction.MEAN:  # shards from before the field: the mean, unrecorded
+                del attack["reduction"]
+            else:
+                attack["reduction"] = attack["reduction"].value
+        else:
+            attack = {"name": name_of(self.attack), **attack}
         return {"model": self.model, "attack": attack, "seed": self.seed, "shard_images": self.shard_images}
 
 

@@ -58,3 +58,30 @@ def test_sanity_checks_pass_on_fbf_model(robust_model, cifar):
                  "||x_adv - x||_inf <= eps and x_adv in [0, 1]"):
         assert by_name[name].passed, by_name[name].detail
     assert all(c.passed for c in checks), format_checks(checks)
+
+
+def test_the_summed_loss_keeps_the_gradients_a_float16_network_rounds_away_under_the_mean():
+    """A confident float16 classifier: the batch-mean loss scales each image's logit gradient (about 3e-6) by 1/1024,
+    under float16's smallest step, so PGD does not move; the summed loss moves every image, exactly as it moves the
+    image alone (each image's own gradient, whatever the batch)."""
+    import keras
+    import tensorflow as tf
+
+    from kafrob.attacks.pgd import Reduction, pgd_run
+
+    kernel = np.zeros((8, 10), np.float32)
+    kernel[:, 0], kernel[0, 1:] = 2.2, 0.3 * np.arange(1, 10)  # class 0 ahead by 13.4 logits at x = 0.9
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, dtype="mixed_float16", use_bias=False)])
+    model.layers[0].kernel.assign(kernel)
+    x = np.ones((1024, 8), np.float32) * 0.9
+    y = np.zeros(1024, np.int32)
+
+    def moved(reduction: Reduction, batch: int) -> np.ndarray:
+        x_adv = pgd_run(model, tf.constant(x[:batch]), tf.constant(y[:batch]), tf.zeros((batch, 8)), eps=8 / 255,
+                        step=2 / 255, iterations=1, reduction=reduction).numpy()
+        return np.abs(x_adv - x[:batch]).max(1)
+
+    assert np.all(moved(Reduction.MEAN, 1024) == 0)  # every gradient rounded to zero
+    assert np.all(moved(Reduction.MEAN, 1) > 0)  # the same image alone is attacked: the batch decides
+    assert np.allclose(moved(Reduction.SUM, 1024), 2 / 255) and np.allclose(moved(Reduction.SUM, 1), 2 / 255)
+    assert PGDConfig(reduction="sum").reduction is Reduction.SUM

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -37,7 +38,10 @@ def test_evaluation_order_is_a_stratified_permutation():
 def test_folders_name_the_attack_and_keep_the_stored_pgd_names():
     pgd = shards.ShardSpec("thesis:resnet20-relu", PGDConfig(iterations=50, restarts=10, label_mode="predicted"))
     assert pgd.attack_id == "pgd50x10-eps8-step2-predicted-seed0-shard200"  # reference_results/checkpoints/shards
-    assert "name" not in pgd.to_dict()["attack"]
+    assert "name" not in pgd.to_dict()["attack"] and "reduction" not in pgd.to_dict()["attack"]  # as stored before
+    summed = shards.ShardSpec(pgd.model, dataclasses.replace(pgd.attack, reduction="sum"))
+    assert summed.attack_id == "pgd50x10-sum-eps8-step2-predicted-seed0-shard200"
+    assert summed.to_dict()["attack"]["reduction"] == "sum" and json.dumps(summed.to_dict())
     aa = shards.ShardSpec("m.keras", AutoAttackConfig(label_mode="true"))
     assert aa.attack_id == "autoattack-eps8-true-seed0-shard200" and aa.to_dict()["attack"]["name"] == "autoattack"
     small = shards.ShardSpec("m.keras", AutoAttackConfig(queries=50))
