@@ -85,3 +85,30 @@ def test_the_summed_loss_keeps_the_gradients_a_float16_network_rounds_away_under
     assert np.all(moved(Reduction.MEAN, 1) > 0)  # the same image alone is attacked: the batch decides
     assert np.allclose(moved(Reduction.SUM, 1024), 2 / 255) and np.allclose(moved(Reduction.SUM, 1), 2 / 255)
     assert PGDConfig(reduction="sum").reduction is Reduction.SUM
+
+
+def test_art_gets_each_images_own_gradient_for_the_cross_checks():
+    """ART's losses are batch means: on a confident float16 classifier its gradients round to zero, unless the
+    classifier undoes the mean at the float32 logits (``per_example_gradients``): then they are the summed loss's."""
+    import keras
+    import tensorflow as tf
+
+    from kafrob.attacks.art import art_classifier
+    from kafrob.attacks.common import cross_entropy_each, logits
+
+    kernel = np.zeros((32 * 32 * 3, 10), np.float32)
+    kernel[:, 0], kernel[0, 1:] = 15.84 / (32 * 32 * 3 * 0.9), 0.3 * np.arange(1, 10)  # class 0 ahead by 13.4
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, dtype="mixed_float16", use_bias=False)])
+    model.layers[-1].kernel.assign(kernel)
+    x = np.full((512, 32, 32, 3), 0.9, np.float32)
+    y = np.zeros(512, np.int64)
+    with tf.GradientTape() as tape:
+        xt = tf.constant(x)
+        tape.watch(xt)
+        summed = tf.reduce_sum(cross_entropy_each(y, logits(model, xt)))
+    own = tape.gradient(summed, xt).numpy()
+    one_hot = np.eye(10, dtype=np.float32)[y]  # as ART's attacks pass labels
+    assert np.all(art_classifier(model).loss_gradient(x, one_hot) == 0)
+    per_example = art_classifier(model, per_example_gradients=True).loss_gradient(x, one_hot)
+    assert np.any(own != 0) and np.allclose(per_example, own)
