@@ -281,8 +281,10 @@ def cmd_verdict(args) -> int:
             print(f"left out: {exc}", file=sys.stderr)
     if not merged:
         raise ValueError(f"no finished shards in {args.shards_dir}; run `kafrob evaluate ... --shards-dir` first")
-    md, png = verdict(merged, f"PGD-{args.iterations}x{args.restarts}", args.seed)
-    stem = Path(args.out) if args.out else REFERENCE_DIR / "checkpoints_verdict"
+    summed = args.reduction == "sum"
+    loss = "summed loss (each image's own gradient)" if summed else "batch-mean loss (ART's, the thesis's)"
+    md, png = verdict(merged, f"PGD-{args.iterations}x{args.restarts}, {loss}", args.seed)
+    stem = Path(args.out) if args.out else REFERENCE_DIR / f"checkpoints_verdict{'_sum' if summed else ''}"
     atomic.write_text(stem.with_suffix(".md"), md)
     atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))
     _print(md)
@@ -458,7 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verdict", help="the released models' table, paired comparisons and figure from shards")
     _add_eval_args(p, models=False)
     p.add_argument("--shards-dir", required=True)
-    p.add_argument("--out", default=None, help="stem of the .md/.png (default reference_results/checkpoints_verdict)")
+    p.add_argument("--out", default=None, help="stem of the .md/.png (default reference_results/checkpoints_verdict, "
+                                                "_sum with --reduction sum)")
     p.set_defaults(func=cmd_verdict, labels=["predicted", "true"])
     p = sub.add_parser("gap", help="PGD against a stronger attack (AutoAttack) on the same stored images, per example")
     _add_eval_args(p)

@@ -142,7 +142,12 @@ def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monke
                      str(shards_dir), "--out", str(out)]) == 0
     md = out.with_suffix(".md").read_text()
     assert "20 common test images" in md and "| kaf vs relu | base | predicted | robust |" in md
+    assert md.startswith("# Released thesis ResNet20 models: PGD-2x2, batch-mean loss")
     assert out.with_suffix(".png").stat().st_size > 1000
+    capsys.readouterr()
+    assert cli.main(["verdict", "--iterations", "2", "--restarts", "2", "--shard-images", "10", "--reduction", "sum",
+                     "--shards-dir", str(shards_dir), "--out", str(out)]) == 2  # the summed loss: not evaluated
+    assert "pgd2x2-sum-eps8-step2" in capsys.readouterr().err
 
 
 def test_table_and_regenerate_from_measurements(tmp_path, capsys, monkeypatch):
