@@ -64,6 +64,7 @@ def _model_spec(text: str) -> str:
 def _add_eval_args(p, models: bool = True):
     from kafrob.attacks import NAMED
     from kafrob.attacks.common import LABEL_MODES
+    from kafrob.attacks.pgd import Reduction
     from kafrob.bench.shards import SHARD_IMAGES
 
     if models:
@@ -73,7 +74,7 @@ def _add_eval_args(p, models: bool = True):
                    help="autoattack: AutoAttack's standard composition; the others alone (default pgd)")
     p.add_argument("--iterations", type=int, default=50, help="PGD's (the other attacks keep their published sizes)")
     p.add_argument("--restarts", type=int, default=10, help="PGD's")
-    p.add_argument("--reduction", default="mean", choices=("mean", "sum"),
+    p.add_argument("--reduction", default=Reduction.MEAN.value, choices=[r.value for r in Reduction],
                    help="PGD's loss over a batch: mean (ART's, the thesis's) or sum (each image's own gradient: no "
                         "float16 gradient underflow on the released models, docs/attacks.md)")
     p.add_argument("--labels", default=["true"], nargs="+", choices=LABEL_MODES)
