@@ -55,7 +55,7 @@ def cross_entropy_each(labels: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
 
 
 def cross_entropy(labels: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
-    """Mean cross-entropy: the training loss and PGD's."""
+    """Mean cross-entropy over the batch: the training loss and FBF's FGSM step (PGD's: its config's Reduction)."""
     return tf.reduce_mean(cross_entropy_each(labels, z))
 
 
