@@ -107,8 +107,6 @@ class ShardSpec:
         if isinstance(self.attack, PGDConfig):
             if attack["reduction"] is Reduction.MEAN:  # shards from before the field: the mean, unrecorded
                 del attack["reduction"]
-            else:
-                attack["reduction"] = attack["reduction"].value
         else:
             attack = {"name": name_of(self.attack), **attack}
         return {"model": self.model, "attack": attack, "seed": self.seed, "shard_images": self.shard_images}
