@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from kafrob.attacks.common import check_label_mode, cross_entropy
+from kafrob.attacks.common import check_label_mode, cross_entropy, cross_entropy_each
 
 EPS = 8.0 / 255.0
 
@@ -48,7 +48,11 @@ FBF_PREDICTED = FBFConfig(label_mode="predicted")
 
 def fgsm_random_start(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.Tensor, config: FBFConfig):
     """The FBF example: uniform start in the eps-ball, one signed step of alpha, back into the ball and [0, 1]
-    (N-FGSM: a start in +-2 eps, a step of eps, not projected)."""
+    (N-FGSM: a start in +-2 eps, a step of eps, not projected).
+
+    The step is the sign of each image's own gradient (the summed loss): the batch mean's 1/batch factor changes no
+    sign in exact arithmetic, but under mixed precision it pushes the float16 backward pass under float16's range
+    (docs/attacks.md, "Gradient underflow")."""
     noise = config.noise_ratio * config.eps
     delta = tf.random.stateless_uniform(tf.shape(x), seed, -noise, noise, dtype=x.dtype)
     start = x + delta
@@ -58,7 +62,7 @@ def fgsm_random_start(model: keras.Model, x: tf.Tensor, y: tf.Tensor, seed: tf.T
         tape.watch(start)
         z = model(start, training=True)
         target = y if config.label_mode == "true" else tf.stop_gradient(tf.argmax(z, -1, output_type=tf.int32))
-        loss = cross_entropy(target, z)
+        loss = tf.reduce_sum(cross_entropy_each(target, z))
     grad = tape.gradient(loss, start)
     delta = delta + config.alpha * tf.sign(grad)
     if config.project:

@@ -58,3 +58,31 @@ def test_the_predicted_label_step_differs_where_the_model_is_wrong(linear):
     wrong = np.argmax(linear(x + _noise(FBFConfig(), x)).numpy(), -1) != y.numpy()
     differ = np.any((true_step - predicted_step).numpy().reshape(len(wrong), -1) != 0, axis=1)
     assert wrong.any() and np.array_equal(differ, wrong)
+
+
+def test_the_step_is_each_images_own_gradient_sign_which_the_batch_mean_rounds_away_in_float16():
+    """A confident float16 classifier (mixed precision, as the thesis trained): the batch mean scales each image's
+    logit gradient (about 1e-6) by 1/1024, under float16's smallest step, so its gradient is zero; FBF's step moves
+    every image, by the sign of its own gradient."""
+    kernel = np.zeros((8, 10), np.float32)
+    kernel[:, 0], kernel[0, 1:] = 2.2, 0.3 * np.arange(1, 10)  # class 0 ahead by about 13.4 logits at x = 0.9
+    model, exact = (keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, dtype=d, use_bias=False)])
+                    for d in ("mixed_float16", "float32"))
+    model.layers[0].kernel.assign(kernel)
+    exact.layers[0].kernel.assign(kernel)
+    x, y, seed = tf.fill((1024, 8), 0.9), tf.zeros(1024, tf.int32), (0, 1)
+    start = x + _noise(FBFConfig(), x, seed)
+    with tf.GradientTape() as tape:
+        tape.watch(start)
+        mean = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf.cast(model(start), tf.float32)))
+    assert np.all(tape.gradient(mean, start).numpy() == 0)
+    with tf.GradientTape() as tape:
+        tape.watch(start)
+        own = tf.nn.sparse_softmax_cross_entropy_with_logits(y, exact(start))
+    direction = np.sign(tape.gradient(own, start).numpy())
+
+    x_adv = fgsm_random_start(model, x, y, tf.constant(seed, tf.int64), FBFConfig()).numpy()
+    stepped = x_adv - start.numpy()
+    assert np.all(np.abs(stepped).max(1) > 0.2 * EPS)  # every image moved beyond its start
+    moved = stepped != 0
+    assert np.array_equal(np.sign(stepped[moved]), direction[moved])  # as the float32 gradient points

@@ -55,7 +55,8 @@ def cross_entropy_each(labels: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
 
 
 def cross_entropy(labels: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
-    """Mean cross-entropy over the batch: the training loss and FBF's FGSM step (PGD's: its config's Reduction)."""
+    """Mean cross-entropy over the batch: the training loss (PGD's: its config's Reduction; attack steps that
+    differentiate it take the summed ``cross_entropy_each``, whose gradients stay in float16's range)."""
     return tf.reduce_mean(cross_entropy_each(labels, z))
 
 

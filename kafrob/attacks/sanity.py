@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from kafrob.attacks.common import (
     bad_gradients,
-    cross_entropy,
+    cross_entropy_each,
     input_gradients,
     logits,
     predict,
@@ -41,7 +41,7 @@ def fgsm(model: keras.Model, x, y, eps: float) -> np.ndarray:
     x = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        loss = cross_entropy(y, logits(model, x))
+        loss = tf.reduce_sum(cross_entropy_each(y, logits(model, x)))  # each image's own gradient (float16)
     return signed_step(x, tape.gradient(loss, x), x, eps, eps).numpy()
 
 

@@ -36,14 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from kafrob.arithmetic import REFERENCE_COMMAND, cpu_independent, eigen_blocking, env_for, kaf_kernels, label
+from kafrob.attacks.pgd import Reduction
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
 from kafrob.bench.shards import (
     FIELDS,
+    SHARD_IMAGES,
     SHARDS_DIR,
     THESIS_CLEAN_N,
     Merged,
     ShardError,
     computed_with,
+    finished,
     load_shard,
     protocol_spec,
     stored,
@@ -225,28 +228,37 @@ def released_failures(activation: str) -> list[str]:
     return [c.line(activation) for c in checks if not c.passed]
 
 
-def recheck_args(model: str, root: Path) -> list[str]:
+def recheck_args(model: str, root: Path, reduction: Reduction = Reduction.MEAN) -> list[str]:
     """``kafrob`` arguments that store (or re-compute) a model's recheck shard: ``RECHECK_IMAGES`` images, both label
     modes, attacked as their own shard."""
     return ["evaluate", "--checkpoint", model, "--labels", "predicted", "true", "--n", str(RECHECK_IMAGES),
-            "--shard-images", str(RECHECK_IMAGES), "--shards-dir", str(root)]
+            "--shard-images", str(RECHECK_IMAGES), "--shards-dir", str(root)] + (
+        ["--reduction", reduction.value] if reduction is not Reduction.MEAN else [])
 
 
-def _stored_recheck(model: str, root: Path) -> tuple[dict[str, dict], str]:
+def stored_reductions(model: str, root: Path) -> list[Reduction]:
+    """The losses a model's thesis-protocol store (shards or recheck shard) exists for under ``root`` (the batch mean
+    always: it is asked for)."""
+    return [r for r in Reduction if r is Reduction.MEAN or any(
+        finished(protocol_spec(model, shard_images=n, reduction=r), root) for n in (SHARD_IMAGES, RECHECK_IMAGES))]
+
+
+def _stored_recheck(model: str, root: Path, reduction: Reduction) -> tuple[dict[str, dict], str]:
     """What the recompute is compared with: the stored recheck shard (``recheck_args``) of both label modes, or,
     in a store without one made under a oneDNN arithmetic, the first RECHECK_IMAGES images of shard 0. Under Eigen's
     contractions (the reference arithmetic) a per-example result depends on the batch it was attacked in (Eigen
     blocks a product by its sizes), so only a shard of exactly those images is compared; under oneDNN's sgemm the
     first images of the short tier's kept models' shard 0 (stored on an Intel Xeon) recomputed identically on it and on
     an AMD EPYC, docs/arithmetic.md. Returns (the stored results by label mode, what they are)"""
-    recheck = {m: protocol_spec(model, m, RECHECK_IMAGES).shard_path(root, 0) for m in ("predicted", "true")}
+    recheck = {m: protocol_spec(model, m, RECHECK_IMAGES, reduction).shard_path(root, 0) for m in ("predicted", "true")}
     if all(p.exists() for p in recheck.values()):
         return {m: load_shard(p) for m, p in recheck.items()}, "the stored recheck shard"
-    shard0 = {m: load_shard(protocol_spec(model, m).shard_path(root, 0)) for m in ("predicted", "true")}
+    shard0 = {m: load_shard(protocol_spec(model, m, reduction=reduction).shard_path(root, 0))
+              for m in ("predicted", "true")}
     if cpu_independent(shard0["predicted"]["header"]):
         raise ShardError(f"{model}: no recheck shard under {root} (its shards were computed under Eigen's "
                          f"contractions, where a result depends on the batch); store one with "
-                         f"`{REFERENCE_COMMAND} kafrob {' '.join(recheck_args(model, root))}`")
+                         f"`{REFERENCE_COMMAND} kafrob {' '.join(recheck_args(model, root, reduction))}`")
     first = {m: {**{f: s[f][:RECHECK_IMAGES] for f in FIELDS}, "header": s["header"]} for m, s in shard0.items()}
     return first, "the stored shard 0"
 
@@ -254,11 +266,17 @@ def _stored_recheck(model: str, root: Path) -> tuple[dict[str, dict], str]:
 def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
     """Attack the recheck images of a named model (``thesis:resnet20-<act>``, ``<tier>:<case>``) again, both label
     modes, in a child process with the stored arithmetic, and compare every per-example field with the stored
-    results (``_stored_recheck``); failures as lines, empty when identical. Under a CPU-dependent arithmetic (oneDNN
-    code, kafrob.arithmetic) on another CPU a difference is reported as possibly the CPU's."""
+    results (``_stored_recheck``), for every loss the model's store holds (``stored_reductions``); failures as
+    lines, empty when identical. Under a CPU-dependent arithmetic (oneDNN code, kafrob.arithmetic) on another CPU a
+    difference is reported as possibly the CPU's."""
+    return [f for reduction in stored_reductions(model, root) for f in _recompute(model, root, reduction)]
+
+
+def _recompute(model: str, root: Path, reduction: Reduction) -> list[str]:
     failures = []
+    loss = "" if reduction is Reduction.MEAN else " (summed loss)"
     try:
-        reference, source = _stored_recheck(model, root)
+        reference, source = _stored_recheck(model, root, reduction)
     except ShardError as e:
         return [str(e)]
     header = reference["predicted"]["header"]
@@ -266,13 +284,13 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
     if header["kaf_kernels"] == "portable":
         env["KAFROB_NATIVE"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([sys.executable, "-m", "kafrob.cli", *recheck_args(model, Path(tmp))],
+        done = subprocess.run([sys.executable, "-m", "kafrob.cli", *recheck_args(model, Path(tmp), reduction)],
                               env=env, capture_output=True, text=True)
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            return [f"{model}: re-computing {RECHECK_IMAGES} images failed: {last}"]
+            return [f"{model}{loss}: re-computing {RECHECK_IMAGES} images failed: {last}"]
         for mode, stored_shard in reference.items():
-            again = load_shard(protocol_spec(model, mode, RECHECK_IMAGES).shard_path(Path(tmp), 0))
+            again = load_shard(protocol_spec(model, mode, RECHECK_IMAGES, reduction).shard_path(Path(tmp), 0))
             mine, theirs = computed_with(again["header"]), computed_with(stored_shard["header"])
             if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
                 failures.append(f"{model}: the stored shards were computed with {theirs}, this machine computes with "
@@ -290,7 +308,7 @@ def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
             for field in FIELDS:
                 differ = np.flatnonzero(again[field] != stored_shard[field])
                 if len(differ):
-                    failures.append(f"{model} {mode} labels: {field} differs from {source} on images "
+                    failures.append(f"{model}{loss} {mode} labels: {field} differs from {source} on images "
                                     f"{again['index'][differ].tolist()}: {cause}")
     return failures
 

@@ -220,9 +220,12 @@ def merge(spec: ShardSpec, root: Path, shards: Iterable[int] | None = None) -> M
     return Merged(first["spec"], tuple(found), header, arrays)
 
 
-def protocol_spec(model: str, label_mode: str = "predicted", shard_images: int = SHARD_IMAGES) -> ShardSpec:
-    """The thesis's PGD evaluation of a named model (``thesis:resnet20-<act>``, ``<tier>:<case>``) in one label mode."""
-    return ShardSpec(model, dataclasses.replace(THESIS_PGD, label_mode=label_mode), shard_images=shard_images)
+def protocol_spec(model: str, label_mode: str = "predicted", shard_images: int = SHARD_IMAGES,
+                  reduction: Reduction = Reduction.MEAN) -> ShardSpec:
+    """The thesis's PGD evaluation of a named model (``thesis:resnet20-<act>``, ``<tier>:<case>``) in one label mode
+    (``reduction``: the batch-mean loss, the thesis's, or the summed one, docs/attacks.md "Gradient underflow")."""
+    return ShardSpec(model, dataclasses.replace(THESIS_PGD, label_mode=label_mode, reduction=reduction),
+                     shard_images=shard_images)
 
 
 def both_modes(model: str, root: Path, shard_images: int = SHARD_IMAGES) -> dict[str, Merged]:

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from kafrob.attacks.pgd import Reduction
 from kafrob.bench import judge, shards, store
 from kafrob.bench.cases import BY_ID
 from kafrob.bench.tiers import get_tier
@@ -121,10 +122,8 @@ def test_recompute_reproduces_the_stored_recheck_shard_and_catches_a_change(shar
     assert len(failures) == 1 and "adv_pred differs" in failures[0] and str(altered["index"][3]) in failures[0]
 
 
-def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tmp_path):
-    """A small model's stored recheck shard (the thesis protocol, both label modes) recomputes identically; one
-    altered per-example result is the code's change under the stored arithmetic, and possibly the CPU's when the
-    shard says it was computed under a CPU-dependent arithmetic on another CPU."""
+def _tiny_store(tmp_path, cifar, reductions=(Reduction.MEAN,)):
+    """A small saved model and its stored recheck shards (the thesis protocol, both label modes, each loss given)."""
     import keras
 
     from kafrob.bench import run
@@ -134,8 +133,31 @@ def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tm
                               keras.layers.Flatten(), keras.layers.Dense(10)])
     path = tmp_path / "tiny.keras"
     model.save(path)
-    plan = [(shards.protocol_spec(str(path), mode, judge.RECHECK_IMAGES), 0) for mode in ("predicted", "true")]
+    plan = [(shards.protocol_spec(str(path), mode, judge.RECHECK_IMAGES, r), 0)
+            for r in reductions for mode in ("predicted", "true")]
     run.run_shards(plan, tmp_path, load_model=lambda _: model, load_data=lambda: cifar, progress=lambda _: None)
+    return path, plan
+
+
+def test_recompute_checks_the_summed_loss_store_where_there_is_one(cifar, tmp_path):
+    """A model stored under both losses is recomputed under both; a changed summed-loss result is named as such."""
+    path, plan = _tiny_store(tmp_path, cifar, (Reduction.MEAN, Reduction.SUM))
+    assert judge.stored_reductions(str(path), tmp_path) == [Reduction.MEAN, Reduction.SUM]
+    assert judge.recompute(str(path), tmp_path) == []
+    summed = plan[2][0].shard_path(tmp_path, 0)
+    assert "pgd50x10-sum-" in str(summed)
+    shard = shards.load_shard(summed)
+    shard["first_restart"][0] = 7 if shard["first_restart"][0] != 7 else 8
+    shards.save_shard(summed, shard)
+    (failure,) = judge.recompute(str(path), tmp_path)
+    assert failure.startswith(f"{path} (summed loss) predicted labels: first_restart differs")
+
+
+def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tmp_path):
+    """A small model's stored recheck shard (the thesis protocol, both label modes) recomputes identically; one
+    altered per-example result is the code's change under the stored arithmetic, and possibly the CPU's when the
+    shard says it was computed under a CPU-dependent arithmetic on another CPU."""
+    path, plan = _tiny_store(tmp_path, cifar)
     assert judge.recompute(str(path), tmp_path) == []
     stored = plan[0][0].shard_path(tmp_path, 0)
     shard = shards.load_shard(stored)
@@ -156,12 +178,14 @@ def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tm
 
 def test_an_eigen_store_without_its_recheck_shard_names_the_command_that_stores_it(tmp_path):
     """Under Eigen's contractions a result depends on the batch, so the first images of a larger shard are no
-    reference: the recompute asks for the recheck shard instead of reporting differences."""
+    reference: the recompute asks for the recheck shard (of each loss stored) instead of reporting differences."""
     arrays = {f: np.zeros(shards.SHARD_IMAGES, np.int32) for f in shards.FIELDS}
     for mode in ("predicted", "true"):
-        shards.save_shard(shards.protocol_spec("thesis:resnet20-relu", mode).shard_path(tmp_path, 0),
-                          {**arrays, "header": {"onednn": False, "contractions": "eigen", "kaf_kernels": "native"}})
-    (failure,) = judge.recompute("thesis:resnet20-relu", tmp_path)
-    assert "no recheck shard" in failure and failure.endswith(
-        f"TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 kafrob evaluate --checkpoint thesis:resnet20-relu --labels "
-        f"predicted true --n 10 --shard-images 10 --shards-dir {tmp_path}`")
+        for reduction in Reduction:
+            shards.save_shard(shards.protocol_spec("thesis:resnet20-relu", mode, reduction=reduction).shard_path(
+                tmp_path, 0), {**arrays, "header": {"onednn": False, "contractions": "eigen", "kaf_kernels": "native"}})
+    mean, summed = judge.recompute("thesis:resnet20-relu", tmp_path)
+    command = (f"TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 kafrob evaluate --checkpoint thesis:resnet20-relu --labels "
+               f"predicted true --n 10 --shard-images 10 --shards-dir {tmp_path}")
+    assert "no recheck shard" in mean and mean.endswith(f"{command}`")
+    assert "no recheck shard" in summed and summed.endswith(f"{command} --reduction sum`")
