@@ -5,8 +5,8 @@
   re-trained model to reach the kept model's accuracies (clean, PGD in both label modes) less ``Tier.floor_margin``;
   a thesis reference allows the tier's tolerance plus the measurement's 95% sampling half-width.
 * Stored evaluations (``recompute``: the released models, the models a tier trained and kept): the code still
-  computes the stored per-example results (a stored recheck shard of ``RECHECK_IMAGES`` images, attacked again in a
-  child process with the stored arithmetic: identical, since random starts are per image).
+  computes the stored per-example results (a stored recheck shard of ``RECHECK_IMAGES`` images per stored PGD loss,
+  attacked again in a child process with the stored arithmetic: identical, since random starts are per image).
 * Released models, per row (``against_thesis``): the stored numbers against the thesis: robust
   accuracy (predicted labels, n as stored) within the 95% half-width of the difference of two independent
   samples (the thesis's 2,000 images drawn with replacement, ours) plus the JPEG shift; clean accuracy (all
