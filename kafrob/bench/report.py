@@ -155,6 +155,9 @@ def claim_reading(c: Comparison, thesis_difference: float, beats: bool) -> str:
                 f"interval")
     if beats:
         return f"{said}: cannot be decided at n={c.result.n}"
+    if hi < 0:
+        return (f"{said}: not refuted ({c.a} below {c.b} on the 95% interval, not decided after Holm's correction at "
+                f"n={c.result.n})")
     return f"{said}: not refuted (no gain decided; one of up to {hi:+.1f} points not excluded at n={c.result.n})"
 
 
@@ -209,7 +212,7 @@ def verdict_png(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[
     plt = _pyplot()
     acts = list(dict.fromkeys(a for a, _ in rows))
     modes = sorted({mode for _, mode in rows})
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for j, mode in enumerate(modes):
         xs, ys, err = [], [], [[], []]
         for i, act in enumerate(acts):
@@ -226,7 +229,7 @@ def verdict_png(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[
     ax.set_ylabel("robust accuracy % (95% CI)")
     n = next(iter(rows.values())).n
     ax.set_title(f"Released thesis ResNet20 models, n = {n} common test images")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)  # below: not over a bar
     return _png(fig)
 
 

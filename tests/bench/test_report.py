@@ -104,4 +104,15 @@ def test_the_thesis_claims_are_read_from_decided_differences_only():
     assert "**supported**" in lines["* kaf_relu beats relu"]
     assert "**refuted** (kaf_free beats swish)" in lines["* kaf_free does not beat swish"]
     assert "thesis's +2.06 lies above the 95% interval" in lines["* kaf beats relu"]
-    assert "not refuted" in lines["* kaf_relu does not beat swish"]
+    assert "not refuted (no gain decided; one of up to" in lines["* kaf_relu does not beat swish"]
+
+
+def test_a_kaf_below_swish_on_the_interval_but_not_after_holm_reads_as_not_refuted_without_a_gain_left_open():
+    from kafrob.stats import PairedComparison
+
+    result = PairedComparison(200, 14, 32, -0.09, (-0.155, -0.024), 0.0114)
+    c = judge.Comparison("kaf_relu", "swish", "best fixed", "predicted", "robust", result, holm_p=0.148)
+    assert c.off_zero and not c.decided
+    assert report.claim_reading(c, -2.44, beats=False) == (
+        "predicted labels -9.0 [-15.5, -2.4]: not refuted (kaf_relu below swish on the 95% interval, not decided "
+        "after Holm's correction at n=200)")
