@@ -336,7 +336,7 @@ def cmd_sanity(args) -> int:
     data = load_cifar10(args.data_dir)
     idx = test_indices(data, args.n)
     checks = sanity_checks(_load_model(args.checkpoint), to_float(data.x_test[idx]).numpy(), data.y_test[idx],
-                           base=PGDConfig(iterations=args.iterations, restarts=args.restarts),
+                           base=PGDConfig(iterations=args.iterations, restarts=args.restarts, reduction=args.reduction),
                            thorough=not args.quick)
     _print(format_checks(checks))
     return 0 if all(c.passed for c in checks) else 1
@@ -425,6 +425,7 @@ def _add_executor_args(p, unit: str, engines: tuple[str, ...] = ("serial", "loca
 
 def main(argv: list[str] | None = None) -> int:
     from kafrob.attacks import NAMED
+    from kafrob.attacks.pgd import Reduction
     from kafrob.bench.cases import BY_ID, CLEAN
     from kafrob.bench.tiers import TIERS
 
@@ -486,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--reduction", default=Reduction.MEAN.value, choices=[r.value for r in Reduction],
+                   help="PGD's loss over a batch (FGSM's is each image's own: a mean that underflows in float16 "
+                        "shows as PGD weaker than FGSM)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=cmd_sanity)

@@ -5,7 +5,9 @@ A failed check is a warning sign of gradient masking or of a broken attack, not 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import partial
 
 import keras
 import numpy as np
@@ -48,35 +50,35 @@ def fgsm(model: keras.Model, x, y, eps: float) -> np.ndarray:
 def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float = 8 / 255,
                   base: PGDConfig = PGDConfig(iterations=50, restarts=10), seed: int = 0,
                   tolerance: float = 0.01, large_eps: float = 128 / 255, thorough: bool = True) -> list[Check]:
-    """Run the checks on a batch; ``thorough=False`` skips PGD-100 and 20 restarts (the slow ones)."""
+    """Run the checks on a batch; ``thorough=False`` skips PGD-100 and 20 restarts (the slow ones). Every PGD run
+    is ``base`` (its step, iterations, restarts and loss reduction) at the eps and sizes a check needs."""
     x, y = np.asarray(x, np.float32), np.asarray(y)
-    base = PGDConfig(eps=eps, step=base.step, iterations=base.iterations, restarts=base.restarts)
+    base = PGDConfig(eps=eps, step=base.step, iterations=base.iterations, restarts=base.restarts,
+                     reduction=base.reduction)
+    pgd = partial(dataclasses.replace, base)
     clean = float(np.mean(predict(model, x).numpy() == y))
     checks: list[Check] = []
 
-    at_zero = _robust(model, x, y, PGDConfig(eps=0.0, step=base.step, iterations=base.iterations, restarts=1), seed)
+    at_zero = _robust(model, x, y, pgd(eps=0.0, restarts=1), seed)
     checks.append(Check("eps=0 gives clean accuracy", abs(at_zero - clean) < 1e-9,
                         f"clean {clean:.4f}, PGD(eps=0) {at_zero:.4f}"))
 
-    curve = [_robust(model, x, y, PGDConfig(eps=e, step=max(e / 4, 1e-8) if e else 0.0,
-                                            iterations=base.iterations, restarts=1), seed) for e in EPS_GRID]
+    curve = [_robust(model, x, y, pgd(eps=e, step=max(e / 4, 1e-8) if e else 0.0, restarts=1), seed)
+             for e in EPS_GRID]
     curve[0] = clean
     checks.append(Check("robust accuracy non-increasing in eps", not rises_with_eps(zip(EPS_GRID, curve, strict=True)),
                         ", ".join(f"{round(e * 255)}/255: {a:.3f}" for e, a in zip(EPS_GRID, curve, strict=True))))
 
-    large = _robust(model, x, y, PGDConfig(eps=large_eps, step=large_eps / 10, iterations=base.iterations,
-                                           restarts=1), seed)
+    large = _robust(model, x, y, pgd(eps=large_eps, step=large_eps / 10, restarts=1), seed)
     checks.append(Check("near-zero accuracy at large eps", large <= 0.05,
                         f"eps {round(large_eps * 255)}/255: {large:.4f} (expected <= 0.05)"))
 
     reference = _robust(model, x, y, base, seed)
     if thorough:
-        longer = _robust(model, x, y, PGDConfig(eps=eps, step=base.step, iterations=2 * base.iterations,
-                                                restarts=base.restarts), seed + 1)
+        longer = _robust(model, x, y, pgd(iterations=2 * base.iterations), seed + 1)
         checks.append(Check(f"PGD-{2 * base.iterations} vs PGD-{base.iterations} within 1 point",
                             abs(longer - reference) < tolerance, f"{longer:.4f} vs {reference:.4f}"))
-        more = _robust(model, x, y, PGDConfig(eps=eps, step=base.step, iterations=base.iterations,
-                                              restarts=2 * base.restarts), seed + 2)
+        more = _robust(model, x, y, pgd(restarts=2 * base.restarts), seed + 2)
         checks.append(Check(f"{2 * base.restarts} vs {base.restarts} restarts within 1 point",
                             abs(more - reference) < tolerance, f"{more:.4f} vs {reference:.4f}"))
 
