@@ -20,8 +20,9 @@
   the fixed activation it was initialised from (kaf and kaf_free, random-initialised, against relu), swish and elu
   against relu, and every KAF against the best fixed activation: is a gain due to the KAF's trainability, or to a
   smoothness that a fixed smooth activation also has? "Best" is the thesis's most robust fixed row (swish), fixed
-  before the data: the fixed row that happens to score highest on our images would be biased upwards. The verdict adds every KAF against relu
-  and swish (``claim_pairs``) to read the thesis's claims (CLAIMS; kafrob.bench.report.claims_section).
+  before the data: the fixed row that happens to score highest on our images would be biased upwards. The verdict
+  adds every KAF against relu and swish (``claim_pairs``) to read the thesis's claims (CLAIMS;
+  kafrob.bench.report.claims_section).
 """
 
 from __future__ import annotations
