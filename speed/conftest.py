@@ -35,6 +35,8 @@ RATIOS = [
     ("PGD-10 art/kafrob", "test_pgd10_resnet20[art]", "test_pgd10_resnet20[kafrob]"),
     *[(f"thesis PGD step {a}/relu", f"test_thesis_pgd_step[{a}]", "test_thesis_pgd_step[relu]")
       for a in ("kaf_relu", "kaf_relu-formula", "kaf_free")],
+    *[(f"thesis forward {a}/relu", f"test_thesis_forward[{a}]", "test_thesis_forward[relu]")
+      for a in ("kaf_relu", "kaf_free")],
     ("AutoAttack/PGD-50x10 per image", "test_robust_evaluation_cost[autoattack]",
      "test_robust_evaluation_cost[pgd50x10]"),
     ("ART AutoAttack/ours per image", "test_robust_evaluation_cost[art-autoattack]",

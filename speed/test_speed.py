@@ -1,5 +1,6 @@
-"""pytest-benchmark timings: KAF vs ReLU (layer and FBF step), FBF vs clean step, our PGD vs ART's PGD, and the cost
-per image of PGD-50x10, our AutoAttack and ART's AutoAttack on a released model.
+"""pytest-benchmark timings: KAF vs ReLU (layer and FBF step; a released model's PGD step and forward pass), FBF vs
+clean step, our PGD vs ART's PGD, and the cost per image of PGD-50x10, our AutoAttack and ART's AutoAttack on a
+released model.
 
 Run with `nox -s speed` (autosaved; compare commits with `--benchmark-compare`). The ratios the issues
 set targets for (KAF/ReLU <= 1.5, FBF/clean <= 2.0, ART/kafrob PGD >= 2) and the attacks' cost ratios are printed at
@@ -84,11 +85,9 @@ def _peak_step_memory(run) -> float:
 THESIS_PGD_IMAGES = 64
 
 
-@pytest.mark.parametrize("row", ["relu", "kaf_relu", "kaf_relu-formula", "kaf_free"])
-def test_thesis_pgd_step(benchmark, speed_record, monkeypatch, row):
-    """PGD-5 on a released thesis model (float16 as released), under this process's arithmetic (oneDNN on or
-    off): the cost per image and gradient step of the checkpoints tier's evaluation. ``-formula``: the KAF as
-    TensorFlow's graph of the thesis formula instead of the compiled kernel (the same numbers, bit for bit)."""
+def _thesis_model(row: str, monkeypatch):
+    """A released thesis model (float16 as released); ``-formula``: the KAF as TensorFlow's graph of the thesis
+    formula instead of the compiled kernel (the same numbers, bit for bit)."""
     from kafrob.checkpoints import CheckpointError, load_thesis_model
 
     activation = row.removesuffix("-formula")
@@ -97,9 +96,16 @@ def test_thesis_pgd_step(benchmark, speed_record, monkeypatch, row):
     elif activation.startswith("kaf") and native.library() is None:
         pytest.skip("no compiled KAF kernels here")
     try:
-        model = load_thesis_model(activation)
+        return load_thesis_model(activation)
     except CheckpointError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("row", ["relu", "kaf_relu", "kaf_relu-formula", "kaf_free"])
+def test_thesis_pgd_step(benchmark, speed_record, monkeypatch, row):
+    """PGD-5 on a released thesis model under this process's arithmetic (oneDNN on or off): the cost per image and
+    gradient step of the checkpoints tier's evaluation."""
+    model = _thesis_model(row, monkeypatch)
     x, y = (v[:THESIS_PGD_IMAGES] for v in _batch())
     cfg = PGDConfig(iterations=5, restarts=1)
     pgd_attack(model, x, y, cfg)
@@ -107,6 +113,18 @@ def test_thesis_pgd_step(benchmark, speed_record, monkeypatch, row):
     if benchmark.stats is not None:
         steps = THESIS_PGD_IMAGES * cfg.iterations
         benchmark.extra_info["image_steps_per_second"] = steps / benchmark.stats.stats.median
+    speed_record()
+
+
+@pytest.mark.parametrize("row", ["relu", "kaf_relu", "kaf_free"])
+def test_thesis_forward(benchmark, speed_record, monkeypatch, row):
+    """One forward pass of a released thesis model: the cost of a query of the score-based attacks (Square: 5,000
+    per image still robust), where no backward pass dilutes the KAF layers' share."""
+    model = _thesis_model(row, monkeypatch)
+    x = _batch()[0][:THESIS_PGD_IMAGES]
+    forward = tf.function(lambda x: model(x, training=False))
+    forward(x)
+    benchmark.pedantic(lambda: forward(x).numpy(), rounds=5, warmup_rounds=1)
     speed_record()
 
 
