@@ -37,6 +37,8 @@ RATIOS = [
       for a in ("kaf_relu", "kaf_relu-formula", "kaf_free")],
     *[(f"thesis forward {a}/relu", f"test_thesis_forward[{a}]", "test_thesis_forward[relu]")
       for a in ("kaf_relu", "kaf_free")],
+    *[(f"thesis KAF kernel {k}/relu", f"test_thesis_kaf_kernel[{k}]", "test_thesis_kaf_kernel[relu]")
+      for k in ("value-computed", "value-table", "input-gradient")],
     ("AutoAttack/PGD-50x10 per image", "test_robust_evaluation_cost[autoattack]",
      "test_robust_evaluation_cost[pgd50x10]"),
     ("ART AutoAttack/ours per image", "test_robust_evaluation_cost[art-autoattack]",

@@ -119,12 +119,45 @@ def test_thesis_pgd_step(benchmark, speed_record, monkeypatch, row):
 @pytest.mark.parametrize("row", ["relu", "kaf_relu", "kaf_free"])
 def test_thesis_forward(benchmark, speed_record, monkeypatch, row):
     """One forward pass of a released thesis model: the cost of a query of the score-based attacks (Square: 5,000
-    per image still robust), where no backward pass dilutes the KAF layers' share."""
+    per image still robust), where no backward pass dilutes the KAF layers' share. Measured in the steady state of
+    an attack: the warm-up calls let the compiled KAF build its value tables (kaf_thesis_half.cc, TableCache)."""
     model = _thesis_model(row, monkeypatch)
     x = _batch()[0][:THESIS_PGD_IMAGES]
     forward = tf.function(lambda x: model(x, training=False))
     forward(x)
-    benchmark.pedantic(lambda: forward(x).numpy(), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(lambda: forward(x).numpy(), rounds=5, warmup_rounds=20)
+    speed_record()
+
+
+@pytest.mark.parametrize("kernel", ["value-computed", "value-table", "input-gradient", "relu"])
+def test_thesis_kaf_kernel(benchmark, speed_record, kernel):
+    """The compiled thesis KAF's kernels on 1M float16 activations (64 x 32 x 32 x 16, a released model's first
+    layers): the value computed per element (fresh parameters each round, so no table), looked up from the value
+    table (the same parameters every call), the input gradient; and a ReLU, for scale."""
+    ops = native.library()
+    if ops is None:
+        pytest.skip("no compiled KAF kernels here")
+    from kafrob.kaf import dictionary_points, thesis_exp_table
+
+    rng = np.random.default_rng(0)
+    half = np.float16
+    x = tf.constant(rng.normal(0, 2, (64, 32, 32, 16)).astype(half))
+    upstream = tf.constant(rng.normal(0, 1, x.shape).astype(half))
+    points, neg_gamma = tf.constant(dictionary_points(20).astype(half)), tf.constant(half(-(19**2) / 216))
+    table = tf.constant(thesis_exp_table())
+
+    def coeffs():
+        return tf.constant(rng.normal(0, 30, (16, 20)).astype(half))
+
+    fixed = coeffs()
+    run = {"value-computed": lambda a: ops.kafrob_thesis_kaf(x, a, points, neg_gamma, table),
+           "value-table": lambda _: ops.kafrob_thesis_kaf(x, fixed, points, neg_gamma, table),
+           "input-gradient": lambda _: ops.kafrob_thesis_kaf_input_gradient(x, upstream, fixed, points, neg_gamma,
+                                                                           table),
+           "relu": lambda _: tf.nn.relu(x)}[kernel]
+    for _ in range(4):  # the value-table case's table is built by now
+        run(fixed)
+    benchmark.pedantic(lambda a: run(a).numpy(), setup=lambda: ((coeffs(),), {}), rounds=10, warmup_rounds=0)
     speed_record()
 
 

@@ -138,7 +138,8 @@ def test_import_equals_saved_model(activation, agreement_onednn_off):
 
 
 # The compiled thesis KAF (native/kaf_thesis_half.cc) against TensorFlow's graph of the thesis formula, on the
-# released models: logits and the input gradient of the cross-entropy (what PGD follows), bit for bit.
+# released models: logits and the input gradient of the cross-entropy (what PGD follows), bit for bit, at the
+# first call (values computed) and after enough calls for every layer's value table (values looked up).
 _COMPILED_VS_FORMULA = """
 import json, os, sys
 import numpy as np, tensorflow as tf
@@ -146,7 +147,7 @@ from kafrob import checkpoints as ck, native
 from kafrob.data import load_cifar10, to_float
 data = load_cifar10()
 x, y = tf.constant(to_float(data.x_test[:64])), tf.constant(data.y_test[:64])
-def logits_and_gradient(model):
+def logits_and_gradient(model, calls):
     @tf.function
     def run(x):
         with tf.GradientTape() as tape:
@@ -154,15 +155,18 @@ def logits_and_gradient(model):
             logits = tf.cast(model(x, training=False), tf.float32)
             loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         return logits, tape.gradient(loss, x)
-    return [v.numpy() for v in run(x)]
+    return [[v.numpy() for v in run(x)] for _ in range(calls)]
 out = {}
 for activation in sys.argv[2:]:
     model = ck.load_thesis_model(activation, os.path.join(sys.argv[1], ck.lookup(activation).filename))
-    compiled = logits_and_gradient(model)
+    tables = native.library().kafrob_thesis_kaf_tables()[0].numpy()
+    computed, *_, looked_up = logits_and_gradient(model, 17)  # 64-channel layers: 16 calls of 64 images
+    tables = int(native.library().kafrob_thesis_kaf_tables()[0].numpy() - tables)
     library, native.library = native.library, lambda: None
-    formula = logits_and_gradient(model)
+    [formula] = logits_and_gradient(model, 1)
     native.library = library
-    out[activation] = [bool(np.array_equal(a, b)) for a, b in zip(compiled, formula)]
+    out[activation] = [tables] + [bool(np.array_equal(a, b)) for run in (computed, looked_up)
+                                  for a, b in zip(run, formula)]
 print(json.dumps(out))
 """
 
@@ -180,7 +184,8 @@ def test_compiled_thesis_kaf_equals_the_formula_on_the_released_models(cifar, sh
                           capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(result)
-    assert result == {a: [True, True] for a in rows}
+    resnet20_kafs = 19  # KAF layers of a ResNet20, each with its own parameters: one value table each
+    assert result == {a: [resnet20_kafs, True, True, True, True] for a in rows}
 
 
 def _extract_after(barrier, zip_path, dest, results):

@@ -195,6 +195,29 @@ def test_thesis_kernel_equals_tensorflow_graph_bit_for_bit(ops, channels, per_ch
     assert np.isfinite(ref_value[8:]).all() and np.abs(ref_value).max() > 1
 
 
+@pytest.mark.parametrize("per_channel", [False, True], ids=["kaf", "kaf_free"])
+@pytest.mark.parametrize("channels", [16, 5], ids=["vector", "scalar"])
+def test_thesis_kernel_value_table_gives_the_direct_values(ops, channels, per_channel):
+    """Called often enough with the same parameters (as in an attack), the value kernel builds a table of every
+    float16 input of every channel and looks values up: the same bits as computing them, for all 65,536 inputs
+    (infinities and NaNs included), and TensorFlow's values."""
+    _, coeffs, points, gamma, _ = _thesis_inputs(channels, per_channel, seed=1)
+    rng = np.random.default_rng(1)
+    every = np.arange(1 << 16, dtype=np.uint16)
+    x = np.stack([rng.permutation(every) for _ in range(channels)], 1).view(np.float16)  # (65536, C)
+    args = (x, coeffs, points, -gamma, kaf.thesis_exp_table())
+    built_before = ops.kafrob_thesis_kaf_tables().numpy()[0]
+    outputs = [ops.kafrob_thesis_kaf(*args).numpy() for _ in range(6)]
+    built, kept_bytes = ops.kafrob_thesis_kaf_tables().numpy()
+    assert built == built_before + 1 and kept_bytes >= 2 * x.size
+    direct = outputs[0].view(np.uint16)
+    for looked_up in outputs[1:]:
+        np.testing.assert_array_equal(looked_up.view(np.uint16), direct)
+    np.testing.assert_array_equal(outputs[-1], kaf._thesis_formula(*(tf.constant(a) for a in (x, coeffs, points,
+                                                                                              gamma))).numpy())
+    assert np.isnan(outputs[-1]).any() and np.isfinite(outputs[-1]).mean() > 0.9
+
+
 def test_thesis_kernel_rejects_bad_shapes(ops):
     x, coeffs, points, gamma, _ = _thesis_inputs(16, False)
     table = kaf.thesis_exp_table()

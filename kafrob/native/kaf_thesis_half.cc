@@ -8,11 +8,19 @@
 // Grappler's arithmetic optimizer leaves (minimised broadcasts): ((2d) * ((g * e) * (a * -gamma))).
 // tests/test_native.py checks both against the TensorFlow formula on random inputs, tests/test_checkpoints.py
 // on the released models.
+//
+// With the parameters fixed (an attack on a released model calls the same layer thousands of times), each
+// channel's KAF is a function from float16 to float16: after a few calls with the same parameters the value
+// kernel computes it once for all 65,536 inputs of every channel, with the same per-element code, and from then
+// on looks the values up (see TableCache). The input gradient depends on the upstream gradient: always computed.
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__F16C__) || defined(__AVX512F__)
@@ -246,6 +254,125 @@ Params MakeParams(const tensorflow::Tensor& coeffs, const tensorflow::Tensor& po
   return p;
 }
 
+// The value tables of the parameter sets seen (one per set of coeffs, points, neg_gamma bytes): table[v * C + c]
+// is channel c's KAF of the float16 with bit pattern v, computed by Compute<false> itself, so a lookup is the
+// direct computation's result bit for bit. A set gets its table once it has been called kMinCalls times on at
+// least as many elements as the table has (so a training step, whose parameters change each step, never pays
+// for one); the least recently used tables go beyond kMaxTableBytes. Tables are built outside the lock (two
+// callers may build the same one; the first stored wins) so no thread waits on the lock while holding workers.
+class TableCache {
+ public:
+  using Table = std::vector<uint16_t>;
+  static constexpr int kMinCalls = 4;
+  static constexpr size_t kMaxTableBytes = size_t{512} << 20, kMaxKeys = 4096;
+
+  static TableCache& Get() {
+    static TableCache* cache = new TableCache;
+    return *cache;
+  }
+
+  // The table of `key`, or null; `build` says whether the caller should build it now.
+  std::shared_ptr<const Table> Find(const std::string& key, int64_t elements, int64_t entries, bool* build) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = entries_[key];
+    e.last_use = ++clock_;
+    *build = false;
+    if (e.table) return e.table;
+    e.calls += 1;
+    e.elements += elements;
+    *build = e.calls >= kMinCalls && e.elements >= entries;
+    if (entries_.size() > kMaxKeys) EvictOldest(key, /*with_table=*/false);
+    return nullptr;
+  }
+
+  void Store(const std::string& key, std::shared_ptr<const Table> table) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Entry& e = entries_[key];
+    e.last_use = ++clock_;
+    if (e.table) return;
+    e.table = std::move(table);
+    bytes_ += e.table->size() * sizeof(uint16_t);
+    built_ += 1;
+    while (bytes_ > kMaxTableBytes && EvictOldest(key, /*with_table=*/true)) {
+    }
+  }
+
+  // Whether `exp_table` is the first exp table seen (TensorFlow's float16 exp): only that one is cached.
+  bool CanonicalExp(const float* exp_table) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (canonical_exp_.empty()) canonical_exp_.assign(exp_table, exp_table + 65536);
+    return std::memcmp(canonical_exp_.data(), exp_table, 65536 * sizeof(float)) == 0;
+  }
+
+  std::pair<int64_t, int64_t> Stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {built_, static_cast<int64_t>(bytes_)};
+  }
+
+ private:
+  struct Entry {
+    std::shared_ptr<const Table> table;
+    uint64_t last_use = 0;
+    int calls = 0;
+    int64_t elements = 0;
+  };
+
+  // Drops the least recently used entry other than `keep` (among those with a table if `with_table`).
+  bool EvictOldest(const std::string& keep, bool with_table) {
+    auto oldest = entries_.end();
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->first == keep || (with_table && !it->second.table)) continue;
+      if (oldest == entries_.end() || it->second.last_use < oldest->second.last_use) oldest = it;
+    }
+    if (oldest == entries_.end()) return false;
+    if (oldest->second.table) bytes_ -= oldest->second.table->size() * sizeof(uint16_t);
+    entries_.erase(oldest);
+    return true;
+  }
+
+  std::mutex mu_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::vector<float> canonical_exp_;
+  uint64_t clock_ = 0;
+  size_t bytes_ = 0;
+  int64_t built_ = 0;
+};
+
+std::string TableKey(const Params& p, const tensorflow::Tensor& coeffs, const tensorflow::Tensor& points,
+                     const tensorflow::Tensor& neg_gamma) {
+  std::string key = std::to_string(p.channels) + ":" + std::to_string(p.size) + ":" +
+                    std::to_string(points.NumElements()) + ":" + std::to_string(neg_gamma.NumElements()) + ":";
+  for (const tensorflow::Tensor* t : {&coeffs, &points, &neg_gamma}) {
+    const auto bytes = t->tensor_data();
+    key.append(bytes.data(), bytes.size());
+  }
+  return key;
+}
+
+std::shared_ptr<const TableCache::Table> BuildTable(tensorflow::OpKernelContext* ctx, const Params& p,
+                                                    const float* exp_table) {
+  const int64_t entries = int64_t{65536} * p.channels;
+  std::vector<uint16_t> every(entries);
+  for (int64_t v = 0; v < 65536; ++v) {
+    std::fill(every.begin() + v * p.channels, every.begin() + (v + 1) * p.channels, static_cast<uint16_t>(v));
+  }
+  auto table = std::make_shared<TableCache::Table>(entries);
+  Compute<false>(ctx, p, exp_table, every.data(), nullptr, table->data(), entries);
+  return table;
+}
+
+void LookUp(tensorflow::OpKernelContext* ctx, const TableCache::Table& table, int64_t channels, const uint16_t* x,
+            uint16_t* out, int64_t n) {
+  const uint16_t* values = table.data();
+  auto work = [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      for (int64_t c = 0, i = row * channels; c < channels; ++c, ++i) out[i] = values[x[i] * channels + c];
+    }
+  };
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(pool->num_threads, pool->workers, n / channels, /*cost_per_unit=*/channels * 4, work);
+}
+
 template <bool kGradient>
 class ThesisKafOp : public tensorflow::OpKernel {
  public:
@@ -266,10 +393,36 @@ class ThesisKafOp : public tensorflow::OpKernel {
     tensorflow::Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, x.shape(), &out));
     const Params p = MakeParams(coeffs, points, neg_gamma);
-    kafrob_thesis::Compute<kGradient>(ctx, p, table.flat<float>().data(),
-                                      reinterpret_cast<const uint16_t*>(x.flat<Eigen::half>().data()),
-                                      reinterpret_cast<const uint16_t*>(upstream.flat<Eigen::half>().data()),
-                                      reinterpret_cast<uint16_t*>(out->flat<Eigen::half>().data()), x.NumElements());
+    const auto* xs = reinterpret_cast<const uint16_t*>(x.flat<Eigen::half>().data());
+    auto* outs = reinterpret_cast<uint16_t*>(out->flat<Eigen::half>().data());
+    const float* exp_table = table.flat<float>().data();
+    if (!kGradient && p.channels > 0 && x.NumElements() > 0 && TableCache::Get().CanonicalExp(exp_table)) {
+      const std::string key = TableKey(p, coeffs, points, neg_gamma);
+      bool build = false;
+      auto values = TableCache::Get().Find(key, x.NumElements(), int64_t{65536} * p.channels, &build);
+      if (build) {
+        values = BuildTable(ctx, p, exp_table);
+        TableCache::Get().Store(key, values);
+      }
+      if (values) return LookUp(ctx, *values, p.channels, xs, outs, x.NumElements());
+    }
+    kafrob_thesis::Compute<kGradient>(ctx, p, exp_table, xs,
+                                      reinterpret_cast<const uint16_t*>(upstream.flat<Eigen::half>().data()), outs,
+                                      x.NumElements());
+  }
+};
+
+// How many value tables the thesis KAF has built in this process, and the bytes of those it keeps (diagnostics).
+class ThesisKafTablesOp : public tensorflow::OpKernel {
+ public:
+  explicit ThesisKafTablesOp(tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    tensorflow::Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tensorflow::TensorShape({2}), &out));
+    const auto [built, bytes] = TableCache::Get().Stats();
+    out->flat<int64_t>()(0) = built;
+    out->flat<int64_t>()(1) = bytes;
   }
 };
 
@@ -301,6 +454,15 @@ REGISTER_OP("KafrobThesisKafInputGradient")
       return absl::OkStatus();
     });
 
+REGISTER_OP("KafrobThesisKafTables")
+    .Output("built_and_bytes: int64")
+    .SetIsStateful()
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->Vector(2));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("KafrobThesisKafTables").Device(tensorflow::DEVICE_CPU), kafrob_thesis::ThesisKafTablesOp);
 REGISTER_KERNEL_BUILDER(Name("KafrobThesisKaf").Device(tensorflow::DEVICE_CPU), kafrob_thesis::ThesisKafOp<false>);
 REGISTER_KERNEL_BUILDER(Name("KafrobThesisKafInputGradient").Device(tensorflow::DEVICE_CPU),
                         kafrob_thesis::ThesisKafOp<true>);
