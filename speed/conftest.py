@@ -39,6 +39,9 @@ RATIOS = [
       for a in ("kaf_relu", "kaf_free")],
     *[(f"thesis KAF kernel {k}/relu", f"test_thesis_kaf_kernel[{k}]", "test_thesis_kaf_kernel[relu]")
       for k in ("value-computed", "value-table", "input-gradient")],
+    *[(f"thesis KAF kernel {k} gathered/computed exp", f"test_thesis_kaf_kernel[{k}-gathered]",
+       f"test_thesis_kaf_kernel[{k}-computed]" if k == "value" else f"test_thesis_kaf_kernel[{k}]")
+      for k in ("value", "input-gradient")],
     ("AutoAttack/PGD-50x10 per image", "test_robust_evaluation_cost[autoattack]",
      "test_robust_evaluation_cost[pgd50x10]"),
     ("ART AutoAttack/ours per image", "test_robust_evaluation_cost[art-autoattack]",

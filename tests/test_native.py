@@ -208,14 +208,25 @@ def test_thesis_kernel_value_table_gives_the_direct_values(ops, channels, per_ch
     args = (x, coeffs, points, -gamma, kaf.thesis_exp_table())
     built_before = ops.kafrob_thesis_kaf_tables().numpy()[0]
     outputs = [ops.kafrob_thesis_kaf(*args).numpy() for _ in range(6)]
-    built, kept_bytes = ops.kafrob_thesis_kaf_tables().numpy()
+    built, kept_bytes, computed_exp = ops.kafrob_thesis_kaf_tables().numpy()
     assert built == built_before + 1 and kept_bytes >= 2 * x.size
+    assert computed_exp >= 1  # the exp polynomial gave TensorFlow's float16 exp on every input: no gather
     direct = outputs[0].view(np.uint16)
     for looked_up in outputs[1:]:
         np.testing.assert_array_equal(looked_up.view(np.uint16), direct)
     np.testing.assert_array_equal(outputs[-1], kaf._thesis_formula(*(tf.constant(a) for a in (x, coeffs, points,
                                                                                               gamma))).numpy())
     assert np.isnan(outputs[-1]).any() and np.isfinite(outputs[-1]).mean() > 0.9
+
+
+def test_thesis_kernel_reads_another_exp_table(ops):
+    """The exp table is an operand: the kernel computes TensorFlow's exp itself only for a table it checked its
+    computation against; another table is read (here, all zeros: every term vanishes), values cached per table."""
+    x, coeffs, points, gamma, _ = _thesis_inputs(16, False)
+    zeros = np.zeros(1 << 16, np.float32)
+    for _ in range(5):
+        assert not ops.kafrob_thesis_kaf(x, coeffs, points, -gamma, zeros).numpy().any()
+    assert ops.kafrob_thesis_kaf(x, coeffs, points, -gamma, kaf.thesis_exp_table()).numpy().any()
 
 
 def test_thesis_kernel_rejects_bad_shapes(ops):
