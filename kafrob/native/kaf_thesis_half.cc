@@ -1,7 +1,8 @@
 // The released thesis models' KAF, computed bit for bit as TensorFlow computes kafrob.kaf.kaf_thesis_float16 in
 // a graph on CPU (its ops are Eigen kernels, with oneDNN on or off), but once per element instead of as eight float16
 // tensors of shape (..., C, D). Every float16 operation is a float32 operation rounded to float16, as Eigen's
-// emulated float16 does; exp comes from a table of TensorFlow's own float16 exp (65,536 entries, an operand);
+// emulated float16 does; exp is TensorFlow's own float16 exp: given as a table (65,536 entries, an operand) and
+// computed with the same polynomial where that is checked to give the table's every value (ComputedExp);
 // the D-term sums follow Eigen's inner-most reduction of TensorFlow's AVX build: two 8-lane float16
 // accumulators over the first 16 terms, added; the rest summed in order in float16; the 8 lanes summed as
 // float32 pairs (i, i+4), (i, i+2), (0, 1), rounded; the two parts added. The input gradient follows the graph
