@@ -98,7 +98,7 @@ struct Scalar {
   static bool AllBelow(V v, float bound) { return std::fabs(v) < bound; }  // false for NaN
   static V Fma(V a, V b, V c) { return std::fmaf(a, b, c); }
   static V Floor(V v) { return std::floor(v); }
-  static V Clamp(V v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+  static V Clamp(V v, float lo, float hi) { return v >= lo ? (v > hi ? hi : v) : lo; }  // NaN: lo, as max_ps
   static V Pow2(V m) {  // 2^m for an integer m in [-126, 127]
     const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(m) + 127) << 23;
     float f;
