@@ -233,6 +233,18 @@ def verdict_png(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[
     return _png(fig)
 
 
+def cost_line(merged: dict[tuple[str, str], Merged]) -> str:
+    """Per row, the hours its stored shards took (both label modes) and the images each mode's shards cover."""
+    hours: dict[str, float] = {}
+    images: dict[str, list[str]] = {}
+    for (act, mode), m in merged.items():
+        hours[act] = hours.get(act, 0.0) + m.header["seconds"] / 3600
+        images.setdefault(act, []).append(f"{m.n} {mode}")
+    return ("Hours of the stored shards per row (each shard's evaluating process, wall clock, both label modes; "
+            "machines and background load vary, see the shards' headers): "
+            + "; ".join(f"{act} {h:.2f} h ({', '.join(images[act])})" for act, h in hours.items()) + ".\n")
+
+
 def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tuple[str, bytes]:
     """The released models' verdict from merged shards ({(activation, label mode): Merged}): markdown and figure."""
     from kafrob.arithmetic import label
@@ -244,5 +256,6 @@ def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tu
     md = (f"# Released thesis ResNet20 models: {attack}\n\n"
           f"{next(iter(rows.values())).n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
           f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{rows_table(rows, thesis)}\n"
+          + cost_line(merged) + "\n"
           + claims_section(comparisons, thesis) + "\n" + paired_section(comparisons))
     return md, verdict_png(rows, thesis, attack)

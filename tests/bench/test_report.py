@@ -119,3 +119,12 @@ def test_a_kaf_below_swish_on_the_interval_but_not_after_holm_reads_as_not_refut
     assert report.claim_reading(c, -2.44, beats=False) == (
         "predicted labels -9.0 [-15.5, -2.4]: not refuted (kaf_relu below swish on the 95% interval, not decided "
         "after Holm's correction at n=200)")
+
+
+def test_cost_line_sums_both_label_modes_per_row():
+    def merged(n, seconds):
+        return SimpleNamespace(n=n, header={"seconds": seconds})
+
+    line = report.cost_line({("relu", "predicted"): merged(1200, 5400.0), ("relu", "true"): merged(1000, 1800.0),
+                             ("kaf", "predicted"): merged(1000, 900.0)})
+    assert "relu 2.00 h (1200 predicted, 1000 true); kaf 0.25 h (1000 predicted)." in line
