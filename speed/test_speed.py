@@ -1,6 +1,6 @@
-"""pytest-benchmark timings: KAF vs ReLU (layer and FBF step; a released model's PGD step and forward pass), FBF vs
-clean step, our PGD vs ART's PGD, and the cost per image of PGD-50x10, our AutoAttack and ART's AutoAttack on a
-released model.
+"""pytest-benchmark timings: KAF vs ReLU (layer and FBF step; a released model's PGD step and forward pass; the
+compiled thesis KAF's kernels), FBF vs clean step, our PGD vs ART's PGD, and the cost per image of PGD-50x10, our
+AutoAttack and ART's AutoAttack on a released model.
 
 Run with `nox -s speed` (autosaved; compare commits with `--benchmark-compare`). The ratios the issues
 set targets for (KAF/ReLU <= 1.5, FBF/clean <= 2.0, ART/kafrob PGD >= 2) and the attacks' cost ratios are printed at
