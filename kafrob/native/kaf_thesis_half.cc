@@ -171,8 +171,9 @@ using Vector = Scalar;
 // pexp_float (Cephes' range reduction and degree-6 polynomial) of the float16 input, rounded to float16; this is
 // that computation, with the input clamped to [-20, 12] (every float16 input below gives 0, above +inf, as it
 // does unclamped) and NaN passed through quietened, as the table has it. Whether it gives the table's value for
-// every one of the 65,536 inputs is checked at run time (ExpCheck); the gather is used where it does not. On
-// CPUs whose gathers are slow (AMD Zen 4: 4.5x the input-gradient kernel's time) it is much cheaper.
+// every one of the 65,536 inputs is checked once per exp table (ComputedExpMatches); the gather is used where it
+// does not. On CPUs whose 16-lane gathers are slow (AMD Zen 4: there the gather took 3.5x the rest of the input-
+// gradient kernel's time) it is cheaper (1.1-1.2x, docs/speed.md).
 template <typename L>
 typename L::V ComputedExp(typename L::V v) {
   using V = typename L::V;
