@@ -13,6 +13,7 @@ from kafrob.bench.cases import BY_ID, experiment_of, row_label
 from kafrob.bench.judge import (
     ALPHA,
     CLAIMS,
+    THESIS_ROBUST_N,
     Comparison,
     RowResult,
     claim_pairs,
@@ -245,6 +246,17 @@ def cost_line(merged: dict[tuple[str, str], Merged]) -> str:
             + "; ".join(f"{act} {h:.2f} h ({', '.join(images[act])})" for act, h in hours.items()) + ".\n")
 
 
+def interim_note(n: int, planned: int = THESIS_ROBUST_N) -> str:
+    """Below the planned n, a warning that the decisions are interim: the store is read after every shard, and a
+    difference near the threshold crosses it at one n and not the next (repeated looks at a growing sample)."""
+    if n >= planned:
+        return ""
+    return (f"**Interim reading: n = {n} of the {planned} planned** (the thesis's n, fixed in advance). A decision "
+            f"read now can change as shards arrive, and repeated looks at a growing sample make a single crossing "
+            f"of the threshold less trustworthy than its p-value; the confirmatory reading is the one at "
+            f"n = {planned}.\n\n")
+
+
 def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tuple[str, bytes]:
     """The released models' verdict from merged shards ({(activation, label mode): Merged}): markdown and figure."""
     from kafrob.arithmetic import label
@@ -255,7 +267,8 @@ def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tu
     header = next(iter(merged.values())).header
     md = (f"# Released thesis ResNet20 models: {attack}\n\n"
           f"{next(iter(rows.values())).n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
-          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{rows_table(rows, thesis)}\n"
+          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n"
+          f"{interim_note(next(iter(rows.values())).n)}{rows_table(rows, thesis)}\n"
           + cost_line(merged) + "\n"
           + claims_section(comparisons, thesis) + "\n" + paired_section(comparisons))
     return md, verdict_png(rows, thesis, attack)

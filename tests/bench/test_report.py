@@ -128,3 +128,8 @@ def test_cost_line_sums_both_label_modes_per_row():
     line = report.cost_line({("relu", "predicted"): merged(1200, 5400.0), ("relu", "true"): merged(1000, 1800.0),
                              ("kaf", "predicted"): merged(1000, 900.0)})
     assert "relu 2.00 h (1200 predicted, 1000 true); kaf 0.25 h (1000 predicted)." in line
+
+
+def test_a_verdict_below_the_planned_n_is_marked_interim():
+    assert "Interim reading: n = 1400 of the 2000 planned" in report.interim_note(1400)
+    assert report.interim_note(1400, planned=1400) == report.interim_note(2000) == ""
