@@ -265,10 +265,10 @@ def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tu
     thesis = thesis_table()
     comparisons = compare_all(rows, claim_pairs(rows))
     header = next(iter(merged.values())).header
+    n = next(iter(rows.values())).n
     md = (f"# Released thesis ResNet20 models: {attack}\n\n"
-          f"{next(iter(rows.values())).n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
-          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n"
-          f"{interim_note(next(iter(rows.values())).n)}{rows_table(rows, thesis)}\n"
+          f"{n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
+          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{interim_note(n)}{rows_table(rows, thesis)}\n"
           + cost_line(merged) + "\n"
           + claims_section(comparisons, thesis) + "\n" + paired_section(comparisons))
     return md, verdict_png(rows, thesis, attack)
