@@ -268,16 +268,16 @@ def cmd_verdict(args) -> int:
     """Tables, figure and readings of the released models from whatever shards are finished."""
     from kafrob import atomic
     from kafrob.bench.report import verdict
-    from kafrob.bench.shards import ShardError, merge
+    from kafrob.bench.shards import ShardError, finished, merge, shards_for
     from kafrob.bench.store import REFERENCE_DIR
     from kafrob.checkpoints import THESIS_CHECKPOINTS
 
     args.checkpoint = [f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS]
-    merged = {}
+    merged, root = {}, Path(args.shards_dir)
     for spec in _specs(args):
+        first_n = [s for s in finished(spec, root) if s in shards_for(args.n, spec)]  # the first --n images only
         try:
-            merged[(_thesis_activation(spec.model), spec.attack.label_mode)] = merge(
-                spec, Path(args.shards_dir))
+            merged[(_thesis_activation(spec.model), spec.attack.label_mode)] = merge(spec, root, first_n)
         except ShardError as exc:
             print(f"left out: {exc}", file=sys.stderr)
     if not merged:
@@ -427,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     from kafrob.attacks import NAMED
     from kafrob.attacks.pgd import Reduction
     from kafrob.bench.cases import BY_ID, CLEAN
+    from kafrob.bench.judge import THESIS_ROBUST_N
     from kafrob.bench.tiers import TIERS
 
     parser = argparse.ArgumentParser(prog="kafrob", description=__doc__)
@@ -462,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verdict", help="the released models' table, paired comparisons and figure from shards")
     _add_eval_args(p, models=False)
     p.add_argument("--shards-dir", required=True)
+    p.add_argument("--n", type=int, default=THESIS_ROBUST_N,
+                   help=f"read the first N images of the order only (default {THESIS_ROBUST_N}, the thesis's n: the "
+                        f"planned, confirmatory reading; a larger N is a further look)")
     p.add_argument("--out", default=None, help="stem of the .md/.png (default reference_results/checkpoints_verdict, "
                                                 "_sum with --reduction sum)")
     p.set_defaults(func=cmd_verdict, labels=["predicted", "true"])

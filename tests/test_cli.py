@@ -144,6 +144,9 @@ def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monke
     assert "20 common test images" in md and "| kaf vs relu | base | predicted | robust |" in md
     assert md.startswith("# Released thesis ResNet20 models: PGD-2x2, batch-mean loss")
     assert out.with_suffix(".png").stat().st_size > 1000
+    assert cli.main(["verdict", "--iterations", "2", "--restarts", "2", "--shard-images", "10", "--shards-dir",
+                     str(shards_dir), "--out", str(out), "--n", "10"]) == 0  # the first 10 images of the order only
+    assert "10 common test images" in out.with_suffix(".md").read_text()
     capsys.readouterr()
     assert cli.main(["verdict", "--iterations", "2", "--restarts", "2", "--shard-images", "10", "--reduction", "sum",
                      "--shards-dir", str(shards_dir), "--out", str(out)]) == 2  # the summed loss: not evaluated

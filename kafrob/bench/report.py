@@ -247,10 +247,16 @@ def cost_line(merged: dict[tuple[str, str], Merged]) -> str:
 
 
 def interim_note(n: int, planned: int = THESIS_ROBUST_N) -> str:
-    """Below the planned n, a warning that the decisions are interim: the store is read after every shard, and a
-    difference near the threshold crosses it at one n and not the next (repeated looks at a growing sample)."""
-    if n >= planned:
-        return ""
+    """What kind of reading a verdict at ``n`` is: interim below the planned n (the store is read after every shard,
+    and a difference near the threshold crosses it at one n and not the next: repeated looks at a growing sample),
+    confirmatory at it, a further look beyond it."""
+    if n == planned:
+        return (f"**Confirmatory reading: n = {n}, the planned n** (the thesis's, fixed in advance; the readings at "
+                f"smaller n were interim).\n\n")
+    if n > planned:
+        return (f"**A further look: n = {n}, beyond the planned {planned}**; the confirmatory reading is the one at "
+                f"n = {planned} (`kafrob verdict --n {planned}`), and a decision that differs here is read with "
+                f"the repeated looks in mind.\n\n")
     return (f"**Interim reading: n = {n} of the {planned} planned** (the thesis's n, fixed in advance). A decision "
             f"read now can change as shards arrive, and repeated looks at a growing sample make a single crossing "
             f"of the threshold less trustworthy than its p-value; the confirmatory reading is the one at "

@@ -130,6 +130,8 @@ def test_cost_line_sums_both_label_modes_per_row():
     assert "relu 2.00 h (1200 predicted, 1000 true); kaf 0.25 h (1000 predicted)." in line
 
 
-def test_a_verdict_below_the_planned_n_is_marked_interim():
+def test_a_verdict_says_whether_it_is_interim_confirmatory_or_a_further_look():
     assert "Interim reading: n = 1400 of the 2000 planned" in report.interim_note(1400)
-    assert report.interim_note(1400, planned=1400) == report.interim_note(2000) == ""
+    assert "Confirmatory reading: n = 2000, the planned n" in report.interim_note(2000)
+    assert "Confirmatory reading: n = 1400" in report.interim_note(1400, planned=1400)
+    assert "A further look: n = 4000, beyond the planned 2000" in report.interim_note(4000)
