@@ -275,7 +275,8 @@ def cmd_verdict(args) -> int:
     args.checkpoint = [f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS]
     merged, root = {}, Path(args.shards_dir)
     for spec in _specs(args):
-        first_n = [s for s in finished(spec, root) if s in shards_for(args.n, spec)]  # the first --n images only
+        prefix = shards_for(args.n, spec)  # the first --n images of the order only
+        first_n = [s for s in finished(spec, root) if s in prefix]
         try:
             merged[(_thesis_activation(spec.model), spec.attack.label_mode)] = merge(spec, root, first_n)
         except ShardError as exc:

@@ -71,6 +71,8 @@ def test_a_reference_store_takes_shards_under_the_reference_arithmetic_only(monk
 def test_verdict_without_shards_is_one_line(tmp_path, capsys):
     assert cli.main(["verdict", "--shards-dir", str(tmp_path)]) == 2
     assert "no finished shards in" in capsys.readouterr().err
+    assert cli.main(["verdict", "--shards-dir", str(tmp_path), "--n", "150"]) == 2  # not a prefix of whole shards
+    assert "kafrob: error: n must be a positive multiple of the shard size 200, got 150" in capsys.readouterr().err
 
 
 def test_train_lr_find_evaluate_sanity_end_to_end(tiny, tmp_path, capsys):
