@@ -267,12 +267,16 @@ def cmd_merge(args) -> int:
 def cmd_verdict(args) -> int:
     """Tables, figure and readings of the released models from whatever shards are finished."""
     from kafrob import atomic
+    from kafrob.bench.judge import PLANNED_N
     from kafrob.bench.report import verdict
     from kafrob.bench.shards import ShardError, finished, merge, shards_for
     from kafrob.bench.store import REFERENCE_DIR
     from kafrob.checkpoints import THESIS_CHECKPOINTS
 
+    if args.attack not in PLANNED_N:
+        raise ValueError(f"a verdict reads the stores of {' or '.join(PLANNED_N)}, not {args.attack}")
     args.checkpoint = [f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS]
+    args.n = args.n or PLANNED_N[args.attack]
     merged, root = {}, Path(args.shards_dir)
     for spec in _specs(args):
         prefix = shards_for(args.n, spec)  # the first --n images of the order only
@@ -283,10 +287,14 @@ def cmd_verdict(args) -> int:
             print(f"left out: {exc}", file=sys.stderr)
     if not merged:
         raise ValueError(f"no finished shards in {args.shards_dir}; run `kafrob evaluate ... --shards-dir` first")
-    summed = args.reduction == "sum"
-    loss = "summed loss (each image's own gradient)" if summed else "batch-mean loss (ART's, the thesis's)"
-    md, png = verdict(merged, f"PGD-{args.iterations}x{args.restarts}, {loss}", args.seed)
-    stem = Path(args.out) if args.out else REFERENCE_DIR / f"checkpoints_verdict{'_sum' if summed else ''}"
+    if args.attack == "pgd":
+        summed = args.reduction == "sum"
+        loss = "summed loss (each image's own gradient)" if summed else "batch-mean loss (ART's, the thesis's)"
+        title, short, suffix = f"PGD-{args.iterations}x{args.restarts}, {loss}", "PGD", "_sum" if summed else ""
+    else:
+        title, short, suffix = "AutoAttack (APGD-CE, APGD-T, FAB-T, Square)", "AutoAttack", "_autoattack"
+    md, png = verdict(merged, title, args.seed, short, PLANNED_N[args.attack])
+    stem = Path(args.out) if args.out else REFERENCE_DIR / f"checkpoints_verdict{suffix}"
     atomic.write_text(stem.with_suffix(".md"), md)
     atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))
     _print(md)
@@ -428,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     from kafrob.attacks import NAMED
     from kafrob.attacks.pgd import Reduction
     from kafrob.bench.cases import BY_ID, CLEAN
-    from kafrob.bench.judge import THESIS_ROBUST_N
+    from kafrob.bench.judge import PLANNED_N
     from kafrob.bench.tiers import TIERS
 
     parser = argparse.ArgumentParser(prog="kafrob", description=__doc__)
@@ -464,11 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("verdict", help="the released models' table, paired comparisons and figure from shards")
     _add_eval_args(p, models=False)
     p.add_argument("--shards-dir", required=True)
-    p.add_argument("--n", type=int, default=THESIS_ROBUST_N,
-                   help=f"read the first N images of the order only (default {THESIS_ROBUST_N}, the thesis's n: the "
-                        f"planned, confirmatory reading; a larger N is a further look)")
+    p.add_argument("--n", type=int, default=None,
+                   help="read the first N images of the order only (default the planned, confirmatory n: "
+                        + ", ".join(f"{n} for {a}" for a, n in PLANNED_N.items()) + "; a larger N is a further look)")
     p.add_argument("--out", default=None, help="stem of the .md/.png (default reference_results/checkpoints_verdict, "
-                                                "_sum with --reduction sum)")
+                                                "_sum with --reduction sum, _autoattack with --attack autoattack)")
     p.set_defaults(func=cmd_verdict, labels=["predicted", "true"])
     p = sub.add_parser("gap", help="PGD against a stronger attack (AutoAttack) on the same stored images, per example")
     _add_eval_args(p)

@@ -153,6 +153,17 @@ def test_sharded_evaluate_merge_verdict_end_to_end(tiny, tmp_path, capsys, monke
     assert cli.main(["verdict", "--iterations", "2", "--restarts", "2", "--shard-images", "10", "--reduction", "sum",
                      "--shards-dir", str(shards_dir), "--out", str(out)]) == 2  # the summed loss: not evaluated
     assert "pgd2x2-sum-eps8-step2" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--checkpoint", "thesis:resnet20-relu", "thesis:resnet20-kaf", "--attack",
+                     "autoattack", "--labels", "predicted", "true", "--shard-images", "10", "--n", "10",
+                     "--shards-dir", str(shards_dir), "--data-dir", str(data_dir)]) == 0
+    assert cli.main(["verdict", "--attack", "autoattack", "--shard-images", "10", "--shards-dir", str(shards_dir),
+                     "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("# Released thesis ResNet20 models: AutoAttack (APGD-CE, APGD-T, FAB-T, Square)")
+    assert "Interim reading: n = 10 of the 1000 planned" in md and "| AutoAttack predicted labels %" in md
+    capsys.readouterr()
+    assert cli.main(["verdict", "--attack", "square", "--shards-dir", str(shards_dir)]) == 2
+    assert "a verdict reads the stores of pgd or autoattack, not square" in capsys.readouterr().err
 
 
 def test_table_and_regenerate_from_measurements(tmp_path, capsys, monkeypatch):

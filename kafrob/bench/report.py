@@ -185,11 +185,12 @@ def paired_section(comparisons: list[Comparison]) -> str:
             + "".join(f"* {reading(c)}\n" for c in comparisons if c.metric == "robust"))
 
 
-def rows_table(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]]) -> str:
+def rows_table(rows: dict[tuple[str, str], RowResult], thesis: dict[str, tuple[float, float]],
+               attack: str = "PGD") -> str:
     """Per row: clean and robust accuracy per label mode with Wilson 95% intervals, and the thesis's numbers."""
     modes = sorted({mode for _, mode in rows})
     head = ("| activation | n | clean % [95% CI] | thesis acc % | "
-            + " | ".join(f"PGD {m} labels % [95% CI]" for m in modes) + " | thesis rob % (predicted labels) |\n"
+            + " | ".join(f"{attack} {m} labels % [95% CI]" for m in modes) + " | thesis rob % (predicted labels) |\n"
             + "|---|---|---|---|" + "---|" * len(modes) + "---|\n")
     body = ""
     for act in dict.fromkeys(a for a, _ in rows):
@@ -251,20 +252,22 @@ def interim_note(n: int, planned: int = THESIS_ROBUST_N) -> str:
     and a difference near the threshold crosses it at one n and not the next: repeated looks at a growing sample),
     confirmatory at it, a further look beyond it."""
     if n == planned:
-        return (f"**Confirmatory reading: n = {n}, the planned n** (the thesis's, fixed in advance; the readings at "
-                f"smaller n were interim).\n\n")
+        return (f"**Confirmatory reading: n = {n}, the planned n** (fixed in advance; the readings at smaller n were "
+                f"interim).\n\n")
     if n > planned:
         return (f"**A further look: n = {n}, beyond the planned {planned}**; the confirmatory reading is the one at "
                 f"n = {planned} (`kafrob verdict --n {planned}`), and a decision that differs here is read with "
                 f"the repeated looks in mind.\n\n")
-    return (f"**Interim reading: n = {n} of the {planned} planned** (the thesis's n, fixed in advance). A decision "
+    return (f"**Interim reading: n = {n} of the {planned} planned** (fixed in advance). A decision "
             f"read now can change as shards arrive, and repeated looks at a growing sample make a single crossing "
             f"of the threshold less trustworthy than its p-value; the confirmatory reading is the one at "
             f"n = {planned}.\n\n")
 
 
-def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tuple[str, bytes]:
-    """The released models' verdict from merged shards ({(activation, label mode): Merged}): markdown and figure."""
+def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int, short: str = "PGD",
+            planned: int = THESIS_ROBUST_N) -> tuple[str, bytes]:
+    """The released models' verdict from merged shards ({(activation, label mode): Merged}): markdown and figure.
+    ``attack`` names the attack in full, ``short`` in the table's columns; ``planned``: the confirmatory n."""
     from kafrob.arithmetic import label
 
     rows = common_rows(merged)
@@ -274,7 +277,8 @@ def verdict(merged: dict[tuple[str, str], Merged], attack: str, seed: int) -> tu
     n = next(iter(rows.values())).n
     md = (f"# Released thesis ResNet20 models: {attack}\n\n"
           f"{n} common test images (stratified, kafrob.bench.shards order, seed {seed}); "
-          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{interim_note(n)}{rows_table(rows, thesis)}\n"
+          f"arithmetic: {label(header)}; TF {header['tensorflow']}.\n\n{interim_note(n, planned)}"
+          f"{rows_table(rows, thesis, short)}\n"
           + cost_line(merged) + "\n"
           + claims_section(comparisons, thesis) + "\n" + paired_section(comparisons))
     return md, verdict_png(rows, thesis, attack)
