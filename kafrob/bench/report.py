@@ -256,7 +256,7 @@ def interim_note(n: int, planned: int = THESIS_ROBUST_N) -> str:
                 f"interim).\n\n")
     if n > planned:
         return (f"**A further look: n = {n}, beyond the planned {planned}**; the confirmatory reading is the one at "
-                f"n = {planned} (`kafrob verdict --n {planned}`), and a decision that differs here is read with "
+                f"n = {planned} (`kafrob verdict`'s default `--n`), and a decision that differs here is read with "
                 f"the repeated looks in mind.\n\n")
     return (f"**Interim reading: n = {n} of the {planned} planned** (fixed in advance). A decision "
             f"read now can change as shards arrive, and repeated looks at a growing sample make a single crossing "
