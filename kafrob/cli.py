@@ -233,22 +233,16 @@ def cmd_submit(args) -> int:
 def cmd_gap(args) -> int:
     """PGD (the thesis's attack) against a stronger attack on the same stored images, per model and label mode."""
     from kafrob.attacks import named
-    from kafrob.bench.gap import attack_gap, gap_table
-    from kafrob.bench.shards import ShardError, ShardSpec, merge
+    from kafrob.bench.gap import attack_name, gap_table, store_gaps
 
-    root, gaps = Path(args.shards_dir), []
-    for model in args.checkpoint:
-        for labels in args.labels:
-            pgd = ShardSpec(model, _attack_config(args, labels), args.seed, args.shard_images)  # --attack is pgd
-            strong = ShardSpec(model, named(args.stronger, label_mode=labels), args.seed, args.shard_images)
-            try:
-                gaps.append(attack_gap(merge(pgd, root), merge(strong, root)))
-            except ShardError as exc:  # a row whose evaluation has not begun: the others still make a table
-                print(f"left out: {exc}", file=sys.stderr)
+    root, pgd, strong = Path(args.shards_dir), _attack_config(args, "true"), named(args.stronger)  # --attack is pgd
+    gaps, left_out = store_gaps(args.checkpoint, pgd, strong, root, args.labels, seed=args.seed,
+                                shard_images=args.shard_images)
+    for line in left_out:  # a row whose evaluation has not begun: the others still make a table
+        print(f"left out: {line}", file=sys.stderr)
     if not gaps:
         raise ValueError(f"no model has finished shards of both attacks in {root}")
-    summed = ", summed loss" if args.reduction == "sum" else ""
-    table = gap_table(gaps, f"PGD-{args.iterations}x{args.restarts}{summed}", args.stronger)
+    table = gap_table(gaps, attack_name(pgd), attack_name(strong))
     if args.out:
         from kafrob import atomic
 
@@ -266,37 +260,12 @@ def cmd_merge(args) -> int:
 
 def cmd_verdict(args) -> int:
     """Tables, figure and readings of the released models from whatever shards are finished."""
-    from kafrob import atomic
-    from kafrob.bench.judge import PLANNED_N
-    from kafrob.bench.report import verdict
-    from kafrob.bench.shards import ShardError, finished, merge, shards_for
-    from kafrob.bench.store import REFERENCE_DIR
-    from kafrob.checkpoints import THESIS_CHECKPOINTS
+    from kafrob.bench.released import write_verdict
 
-    if args.attack not in PLANNED_N:
-        raise ValueError(f"a verdict reads the stores of {' or '.join(PLANNED_N)}, not {args.attack}")
-    args.checkpoint = [f"thesis:resnet20-{a}" for a in THESIS_CHECKPOINTS]
-    args.n = args.n or PLANNED_N[args.attack]
-    merged, root = {}, Path(args.shards_dir)
-    for spec in _specs(args):
-        prefix = shards_for(args.n, spec)  # the first --n images of the order only
-        first_n = [s for s in finished(spec, root) if s in prefix]
-        try:
-            merged[(_thesis_activation(spec.model), spec.attack.label_mode)] = merge(spec, root, first_n)
-        except ShardError as exc:
-            print(f"left out: {exc}", file=sys.stderr)
-    if not merged:
-        raise ValueError(f"no finished shards in {args.shards_dir}; run `kafrob evaluate ... --shards-dir` first")
-    if args.attack == "pgd":
-        summed = args.reduction == "sum"
-        loss = "summed loss (each image's own gradient)" if summed else "batch-mean loss (ART's, the thesis's)"
-        title, short, suffix = f"PGD-{args.iterations}x{args.restarts}, {loss}", "PGD", "_sum" if summed else ""
-    else:
-        title, short, suffix = "AutoAttack (APGD-CE, APGD-T, FAB-T, Square)", "AutoAttack", "_autoattack"
-    md, png = verdict(merged, title, args.seed, short, PLANNED_N[args.attack])
-    stem = Path(args.out) if args.out else REFERENCE_DIR / f"checkpoints_verdict{suffix}"
-    atomic.write_text(stem.with_suffix(".md"), md)
-    atomic.atomic_write(stem.with_suffix(".png"), lambda f: f.write(png))
+    md, left_out = write_verdict(_attack_config(args, "true"), Path(args.shards_dir), args.n,
+                                 Path(args.out) if args.out else None, seed=args.seed, shard_images=args.shard_images)
+    for line in left_out:
+        print(f"left out: {line}", file=sys.stderr)
     _print(md)
     return 0
 
@@ -413,7 +382,15 @@ def cmd_regenerate(args) -> int:
     else:
         data = load_cifar10(args.data_dir)
         measurements = [run_case(e, tier, data) for e in cases]  # any failure raises before anything is written
-    for path in write_references(measurements, tier, env, comparisons):
+    written = write_references(measurements, tier, env, comparisons)
+    if tier.source is Source.THESIS_CHECKPOINT:  # and the verdicts of every released-model store, the gap table
+        from kafrob.bench.released import write_all
+
+        more, left_out = write_all()
+        written += more
+        for line in left_out:
+            print(f"left out: {line}", file=sys.stderr)
+    for path in written:
         _print(f"wrote {path}")
     return 0
 

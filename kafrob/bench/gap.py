@@ -3,12 +3,17 @@ PGD-50x10) overstates against a stronger one (AutoAttack), from their merged sha
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tabulate import tabulate
 
-from kafrob.bench.shards import Merged
+from kafrob.attacks import AttackConfig, name_of
+from kafrob.attacks.pgd import PGDConfig, Reduction
+from kafrob.bench.shards import SHARD_IMAGES, Merged, ShardError, ShardSpec, merge
 from kafrob.stats import wilson_interval
 
 
@@ -41,6 +46,31 @@ def attack_gap(weaker: Merged, stronger: Merged) -> Gap:
     masking = tuple(line for batch in stronger.header.get("masking", []) for line in batch.get("raised", []))
     return Gap(weaker.spec["model"], stronger.spec["attack"]["label_mode"], len(common), float(robust_w.mean()),
                float(robust_s.mean()), int(np.sum(robust_w & ~robust_s)), int(np.sum(~robust_w & robust_s)), masking)
+
+
+def store_gaps(models: Iterable[str], weaker: AttackConfig, stronger: AttackConfig, root: Path,
+               label_modes: Iterable[str], *, seed: int = 0,
+               shard_images: int = SHARD_IMAGES) -> tuple[list[Gap], list[str]]:
+    """``attack_gap`` per model and label mode from the stores under ``root``, and a line per one left out (a model
+    whose evaluation by either attack has not begun)."""
+    gaps, left_out = [], []
+    for model in models:
+        for mode in label_modes:
+            pair = [ShardSpec(model, dataclasses.replace(a, label_mode=mode), seed, shard_images)
+                    for a in (weaker, stronger)]
+            try:
+                gaps.append(attack_gap(*(merge(spec, root) for spec in pair)))
+            except ShardError as exc:
+                left_out.append(str(exc))
+    return gaps, left_out
+
+
+def attack_name(config: AttackConfig) -> str:
+    """How a gap table names an attack: ``PGD-50x10`` (``, summed loss`` with Reduction.SUM), else its registry name."""
+    if isinstance(config, PGDConfig):
+        return f"PGD-{config.iterations}x{config.restarts}" + (
+            ", summed loss" if config.reduction is Reduction.SUM else "")
+    return name_of(config)
 
 
 def gap_table(gaps: list[Gap], weaker: str, stronger: str) -> str:
