@@ -335,62 +335,20 @@ def cmd_table(args) -> int:
 
 
 def cmd_regenerate(args) -> int:
-    """A tier's reference files from a complete set of measurements: re-measured (all or nothing), or the last
-    benchmark run's; the checkpoints tier's come from the stored evaluation, a floor tier's from its kept models."""
-    from kafrob.bench.run import run_case
-    from kafrob.bench.shards import ShardError, released_measurement, stored_environment
-    from kafrob.bench.store import common_environment, load_measurements, write_references
-    from kafrob.bench.tiers import Reference, Source, get_tier
-    from kafrob.data import load_cifar10
+    """A tier's reference files from where its numbers are (kafrob.bench.references)."""
+    from kafrob.bench.references import Incomplete, regenerate
+    from kafrob.bench.tiers import get_tier
 
-    tier = get_tier(args.tier)
-    cases = list(tier.cases())
-    env, comparisons = None, None
-    if tier.source is Source.THESIS_CHECKPOINT:  # the rows whose stored evaluation has begun
-        measurements = []
-        for e in cases:
-            try:
-                measurements.append(released_measurement(e.activation))
-            except ShardError as exc:
-                print(f"left out {e.id}: {exc}", file=sys.stderr)
-        if not measurements:
-            raise ValueError("no released row has a stored shard in both label modes yet (README: the evaluation "
-                             "command)")
-        env = stored_environment()  # where the shards were computed, not this process
-    elif tier.reference is Reference.FLOORS:  # the models it trained and kept, and their stored shards
-        from kafrob.bench.trained import stored_comparisons, stored_measurement, stored_path, train_command
-
-        kept = [case for case in tier.row_ids() if stored_path(f"{tier.name}:{case}").is_file()]
-        for case in (c for c in tier.row_ids() if c not in kept):
-            print(f"left out {case}: no kept model ({train_command(f'{tier.name}:{case}')})", file=sys.stderr)
-        if not kept:
-            raise ValueError(f"no {tier.name} model is kept yet: train one with --keep, evaluate it into "
-                             f"reference_results/{tier.name}/shards")
-        data = load_cifar10(args.data_dir)
-        measurements = [stored_measurement(tier.name, case, data) for case in kept]
-        comparisons = stored_comparisons(tier.name, kept)
-    elif args.from_measurements:
-        measurements = load_measurements(tier)
-        missing = sorted({e.id for e in cases} - {m.case for m in measurements})
-        if missing:
-            print(f"no {tier.name} measurement of {', '.join(missing)} (run the benchmark first)", file=sys.stderr)
-            return 1
-        env = common_environment(tier)  # e.g. cluster jobs: one arithmetic, or refused
-        if len(env["code_versions"]) > 1:
-            print(f"kafrob: warning: measurements from code versions {', '.join(env['code_versions'])}",
-                  file=sys.stderr)
-    else:
-        data = load_cifar10(args.data_dir)
-        measurements = [run_case(e, tier, data) for e in cases]  # any failure raises before anything is written
-    written = write_references(measurements, tier, env, comparisons)
-    if tier.source is Source.THESIS_CHECKPOINT:  # and the verdicts of every released-model store, the gap table
-        from kafrob.bench.released import write_all
-
-        more, left_out = write_all()
-        written += more
-        for line in left_out:
-            print(f"left out: {line}", file=sys.stderr)
-    for path in written:
+    try:
+        done = regenerate(get_tier(args.tier), args.data_dir, args.from_measurements)
+    except Incomplete as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for line in done.left_out:
+        print(f"left out: {line}", file=sys.stderr)
+    for line in done.warnings:
+        print(f"kafrob: warning: {line}", file=sys.stderr)
+    for path in done.written:
         _print(f"wrote {path}")
     return 0
 

@@ -200,8 +200,8 @@ def test_regenerate_checkpoints_leaves_out_rows_without_stored_shards(tmp_path, 
     monkeypatch.setattr(shards, "stored_environment", lambda: {"cpu": "the shards' CPU", "device": "CPU"})
     assert cli.main(["regenerate", "--tier", "checkpoints"]) == 0
     err = capsys.readouterr().err
-    assert "left out resnet20-kaf_free: thesis:resnet20-kaf_free: no shard" in err
-    assert "left out resnet20-relu" not in err
+    assert "left out: resnet20-kaf_free: thesis:resnet20-kaf_free: no shard" in err
+    assert "left out: resnet20-relu" not in err
     written = json.loads((tmp_path / "checkpoints.json").read_text())
     assert list(written["results"]) == ["resnet20-relu"] and written["environment"]["cpu"] == "the shards' CPU"
     monkeypatch.setattr(shards, "released_measurement", lambda a: measurement("none"))

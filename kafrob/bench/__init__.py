@@ -5,8 +5,8 @@
 * Its numbers are stored by ``store.py`` (runs/, reference_results/) and ``shards.py`` (per-example evaluation shards).
 
 ``run.py`` obtains a case's model and evaluates it (``benchmark`` runs, stores and judges one case), ``report.py``
-makes the tables and figures, ``spread.py`` measures the spread that sets the suite references' tolerances,
-``trained.py`` keeps the models a tier trained, ``gap.py`` sets PGD against a stronger attack per example,
-``released.py`` reads the released models' stores into their verdicts and gap table, and ``executor.py`` runs cases
-and shards as jobs (Slurm, local processes).
+makes the tables and figures, ``references.py`` regenerates a tier's reference files, ``spread.py`` measures the
+spread that sets the suite references' tolerances, ``trained.py`` keeps the models a tier trained, ``gap.py`` sets
+PGD against a stronger attack per example, ``released.py`` reads the released models' stores into their verdicts
+and gap table, and ``executor.py`` runs cases and shards as jobs (Slurm, local processes).
 """
