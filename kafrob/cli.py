@@ -173,24 +173,14 @@ def _merged_summary(merged) -> dict:
             "cpu_seconds": merged.header["seconds"], "code_versions": merged.header["code_versions"]}
 
 
-def _reference_store_needs_reference_arithmetic(root: Path) -> None:
-    """The stores under reference_results/ are for everyone to re-compute on any x86 CPU: new shards there are made
-    under the reference arithmetic only (kafrob.arithmetic)."""
-    from kafrob import arithmetic
-    from kafrob.bench.store import REFERENCE_DIR
-
-    if root.resolve().is_relative_to(REFERENCE_DIR.resolve()) and not arithmetic.cpu_independent(arithmetic.describe()):
-        raise ValueError(f"{root} is a reference store, computed under the reference arithmetic: run with "
-                         f"{arithmetic.REFERENCE_COMMAND} (this process: {arithmetic.label(arithmetic.describe())})")
-
-
 def cmd_evaluate_shards(args) -> int:
     """Sharded, resumable: shard-major over every model and label mode, so all rows cover the same images."""
     from kafrob.bench import executor as ex
+    from kafrob.bench.run import reference_arithmetic_only
     from kafrob.bench.shards import merge, shards_for
 
     specs, root = _specs(args), Path(args.shards_dir)
-    _reference_store_needs_reference_arithmetic(root)
+    reference_arithmetic_only(root)  # before any job is submitted (run_shards checks it too)
     plan = [(spec, shard) for shard in shards_for(args.n, specs[0], args.shard) for spec in specs]
     if args.executor == "serial":  # the same job, in this process
         ex.ShardJob(plan, root, args.data_dir, recompute=args.recompute)()

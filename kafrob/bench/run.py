@@ -21,6 +21,7 @@ from kafrob import atomic
 from kafrob.arithmetic import kaf_kernels
 from kafrob.attacks import RUNNERS
 from kafrob.attacks.common import predict
+from kafrob.bench import store
 from kafrob.bench.cases import Experiment, case_id
 from kafrob.bench.shards import (
     FIELDS,
@@ -234,6 +235,17 @@ def _same_arithmetic(spec: ShardSpec, root: Path, here: dict) -> None:
                          f"{label(environment())}: run with {needs} and the locked versions, or --recompute them all")
 
 
+def reference_arithmetic_only(root: Path) -> None:
+    """The stores under reference_results/ are for everyone to re-compute on any x86 CPU: new shards there are made
+    under the reference arithmetic only (kafrob.arithmetic); elsewhere any arithmetic."""
+    from kafrob import arithmetic
+
+    if Path(root).resolve().is_relative_to(store.REFERENCE_DIR.resolve()) and not arithmetic.cpu_independent(
+            arithmetic.describe()):
+        raise ValueError(f"{root} is a reference store, computed under the reference arithmetic: run with "
+                         f"{arithmetic.REFERENCE_COMMAND} (this process: {arithmetic.label(arithmetic.describe())})")
+
+
 def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
                load_data: Callable[[], object], progress: Callable[[str], None] = print,
                recompute: bool = False) -> list[Path]:
@@ -243,6 +255,8 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
     todo = [(spec, shard) for spec, shard in plan if recompute or not spec.shard_path(root, shard).exists()]
     images = sum(spec.shard_images for spec, _ in todo)
     progress(f"kafrob: {len(plan) - len(todo)} of {len(plan)} shards done, {len(todo)} to run ({images} images)")
+    if todo:
+        reference_arithmetic_only(root)
     data = load_data() if todo else None
     started, done_images = time.time(), 0
     here = computed_with(environment())  # this process's arithmetic and versions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import pytest
 
 from kafrob.bench import judge, report
 from kafrob.bench.cases import BY_ID
@@ -65,3 +66,26 @@ def test_a_clean_training_baseline_is_judged_by_fbfs_margin_over_it(tiny, tmp_pa
     run.benchmark(BY_ID["vgg-relu"], tier, data, clean=True, progress=False)
     assert measured == [True, False, True]  # this code's and seed's FBF measurement is reused
     assert store.current_measurement("short", "vgg-relu", seed=1) is None
+
+
+def test_shards_enter_a_reference_store_under_the_reference_arithmetic_only(tmp_path, monkeypatch):
+    """Whoever writes the shards (the CLI, a cluster job, a script): a reference store takes no shard computed with
+    CPU-dispatched code, and says so before loading anything."""
+    from kafrob import arithmetic
+    from kafrob.attacks import named
+    from kafrob.bench import store
+    from kafrob.bench.run import run_shards
+    from kafrob.bench.shards import ShardSpec
+
+    monkeypatch.setattr(arithmetic, "describe", lambda: {"onednn": True, "contractions": "onednn", "isa": ["avx2"],
+                                                         "kaf_kernels": "compiled"})
+    monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path / "reference_results")
+    plan = [(ShardSpec("a.keras", named("pgd", iterations=1, restarts=1), shard_images=10), 0)]
+
+    def never(*_):
+        raise AssertionError("loaded before the arithmetic was checked")
+
+    with pytest.raises(ValueError, match="is a reference store.*run with TF_ENABLE_ONEDNN_OPTS=0"):
+        run_shards(plan, tmp_path / "reference_results" / "x" / "shards", load_model=never, load_data=never)
+    with pytest.raises(AssertionError, match="loaded before"):  # anywhere else: any arithmetic
+        run_shards(plan, tmp_path / "elsewhere", load_model=never, load_data=never)
