@@ -14,7 +14,7 @@ from tabulate import tabulate
 from kafrob.attacks import AttackConfig, name_of
 from kafrob.attacks.pgd import PGDConfig, Reduction
 from kafrob.bench.shards import SHARD_IMAGES, Merged, ShardError, ShardSpec, merge
-from kafrob.stats import wilson_interval
+from kafrob.stats import mcnemar_exact, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,17 @@ class Gap:
     stronger_robust: float
     only_stronger_fooled: int  # robust under the weaker attack, not under the stronger one
     only_weaker_fooled: int  # the other way round (a sign that the stronger attack is not stronger here)
-    masking: tuple[str, ...]  # the stronger attack's gradient-masking flags that fired, per batch
+    masking: tuple[str, ...] | None  # the stronger attack's gradient-masking flags that fired (None: not computed)
 
     @property
     def points(self) -> float:
         """Percentage points the weaker attack overstates robust accuracy by."""
         return 100 * (self.weaker_robust - self.stronger_robust)
+
+    @property
+    def mcnemar_p(self) -> float:
+        """Exact McNemar p of the two attacks' per-example results: is one of them stronger on these images?"""
+        return mcnemar_exact(self.only_stronger_fooled, self.only_weaker_fooled)
 
 
 def attack_gap(weaker: Merged, stronger: Merged) -> Gap:
@@ -43,7 +48,8 @@ def attack_gap(weaker: Merged, stronger: Merged) -> Gap:
         raise ValueError(f"{weaker.spec['model']}: the two evaluations share no image")
     robust_w = weaker.robust_correct[iw]
     robust_s = stronger.robust_correct[is_]
-    masking = tuple(line for batch in stronger.header.get("masking", []) for line in batch.get("raised", []))
+    batches = stronger.header.get("masking") or None  # only AutoAttack computes the flags
+    masking = None if batches is None else tuple(line for batch in batches for line in batch.get("raised", []))
     return Gap(weaker.spec["model"], stronger.spec["attack"]["label_mode"], len(common), float(robust_w.mean()),
                float(robust_s.mean()), int(np.sum(robust_w & ~robust_s)), int(np.sum(~robust_w & robust_s)), masking)
 
@@ -66,10 +72,10 @@ def store_gaps(models: Iterable[str], weaker: AttackConfig, stronger: AttackConf
 
 
 def attack_name(config: AttackConfig) -> str:
-    """How a gap table names an attack: ``PGD-50x10`` (``, summed loss`` with Reduction.SUM), else its registry name."""
+    """How a gap table names an attack: ``PGD-50x10, batch-mean loss`` (or ``summed loss``), else its registry name."""
     if isinstance(config, PGDConfig):
-        return f"PGD-{config.iterations}x{config.restarts}" + (
-            ", summed loss" if config.reduction is Reduction.SUM else "")
+        loss = "summed" if config.reduction is Reduction.SUM else "batch-mean"
+        return f"PGD-{config.iterations}x{config.restarts}, {loss} loss"
     return name_of(config)
 
 
@@ -79,10 +85,10 @@ def gap_table(gaps: list[Gap], weaker: str, stronger: str) -> str:
 
     rows = []
     for g in gaps:
+        flags = "not computed" if g.masking is None else "; ".join(g.masking) or "none"
         rows.append([g.model, g.label_mode, g.n, f"{100 * g.weaker_robust:.2f} {ci(g.weaker_robust, g.n)}",
                      f"{100 * g.stronger_robust:.2f} {ci(g.stronger_robust, g.n)}", f"{g.points:+.2f}",
-                     g.only_stronger_fooled,
-                     g.only_weaker_fooled, "; ".join(g.masking) or "none"])
+                     g.only_stronger_fooled, g.only_weaker_fooled, f"{g.mcnemar_p:.2g}", flags])
     headers = ["model", "labels", "n", f"{weaker} robust % [95% CI]", f"{stronger} robust % [95% CI]",
-               "gap (points)", f"fooled by {stronger} only", f"fooled by {weaker} only", "masking flags"]
-    return tabulate(rows, headers=headers, tablefmt="github")
+               "gap (points)", f"fooled by {stronger} only", f"fooled by {weaker} only", "McNemar p", "masking flags"]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -7,6 +7,7 @@ import numpy as np
 from kafrob import cli
 from kafrob.attacks import named
 from kafrob.bench import gap, shards
+from kafrob.stats import mcnemar_exact
 
 
 def test_gap_counts_per_example_on_the_common_images(tiny, tmp_path, capsys):
@@ -25,11 +26,14 @@ def test_gap_counts_per_example_on_the_common_images(tiny, tmp_path, capsys):
     w, s = weak.robust_correct[:10], strong.robust_correct
     assert (g.only_stronger_fooled, g.only_weaker_fooled) == (int(np.sum(w & ~s)), int(np.sum(~w & s)))
     assert g.points == 100 * (w.mean() - s.mean())
+    assert g.mcnemar_p == mcnemar_exact(g.only_stronger_fooled, g.only_weaker_fooled)
+    assert g.masking is not None and gap.attack_gap(weak, weak).masking is None  # PGD computes no masking flags
     out = tmp_path / "gap.md"
     assert cli.main(["gap", "--checkpoint", str(model_path), "--labels", "true", "--shard-images", "10",
                      "--iterations", "1", "--restarts", "1", "--shards-dir", str(root), "--out", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "PGD-1x1 robust" in table and "autoattack robust" in table and table.strip() == out.read_text().strip()
+    assert "PGD-1x1, batch-mean loss robust" in table and "autoattack robust" in table
+    assert table.strip() == out.read_text().strip()
 
     # a model whose stronger attack has not begun is left out, said on standard error; none at all is an error
     other = tmp_path / "other.keras"

@@ -15,13 +15,16 @@ def test_the_confirmatory_verdict_is_what_the_committed_store_gives(tmp_path, mo
     monkeypatch.setattr(store, "REFERENCE_DIR", tmp_path)
     written, _ = released.write_all()
     names = {p.name for p in written}
-    assert names == {f"checkpoints_verdict{s}.{e}" for s in ("", "_sum", "_autoattack") for e in ("md", "png")} | {
-        released.GAP_FILE}
+    assert names == {f"checkpoints_verdict{s}.{e}" for s in ("", "_sum", "_autoattack") for e in ("md", "png")} | set(
+        released.GAP_FILES)
     committed = SHARDS_DIR.parent.parent / "checkpoints_verdict_sum.md"
     assert (tmp_path / "checkpoints_verdict_sum.md").read_text() == committed.read_text()
     assert "Confirmatory reading: n = 2000" in committed.read_text()
-    gap = (tmp_path / released.GAP_FILE).read_text()
-    assert all(f"thesis:resnet20-{a} " in gap for a in ("relu", "kaf_free"))
+    for name in released.GAP_FILES:
+        gap = (tmp_path / name).read_text()
+        assert all(f"thesis:resnet20-{a} " in gap for a in ("relu", "kaf_free")) and "McNemar p" in gap
+    assert "not computed" not in (tmp_path / "checkpoints_autoattack.md").read_text()  # AutoAttack's flags
+    assert "not computed" in (tmp_path / "checkpoints_pgd_loss.md").read_text()  # PGD computes none
 
 
 def test_only_the_stores_that_have_begun_are_written(tmp_path, monkeypatch):
