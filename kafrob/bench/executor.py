@@ -4,9 +4,6 @@ local processes elsewhere, or this process (serial).
 Two kinds of job, both resumable by construction, so a preempted or timed-out job is requeued by submitit (its
 ``checkpoint`` hook: ``submitit.helpers.Checkpointable``) and continues where the files on disk say:
 
-submitit is imported only when jobs are submitted: its import reconfigures Python's logging (dictConfig), which
-closes the handlers already installed.
-
 * ``ShardJob``: evaluation shards (kafrob.bench.shards). Finished shards are files; a requeued job computes only
   the missing ones, so its merged result equals an uninterrupted run's.
 * ``CaseJob``: one tier case (train or load, evaluate, store the Measurement, judge). Training resumes from its
@@ -15,6 +12,9 @@ closes the handlers already installed.
 A job that fails with an exception (a bad configuration, missing data) is not requeued: submitit requeues on
 signals only, so it fails once and ``wait`` reports its error. Results land in the same files the local path
 writes; ``kafrob merge``, ``verdict``, ``table`` and ``regenerate`` read them unchanged.
+
+submitit is imported only when jobs are submitted: its import reconfigures Python's logging (dictConfig), which
+closes the handlers already installed.
 """
 
 from __future__ import annotations
