@@ -246,6 +246,19 @@ def reference_arithmetic_only(root: Path) -> None:
                          f"{arithmetic.REFERENCE_COMMAND} (this process: {arithmetic.label(arithmetic.describe())})")
 
 
+def eta_seconds(done: list[tuple[str, float]], remaining: list[str]) -> float:
+    """Seconds the ``remaining`` shards (their label modes) will take, from the ``done`` ones' (label mode, seconds):
+    each at the mean of its mode's, else of all. The modes differ about 20-fold (a true-label shard reuses the
+    predicted-label attack where the labels agree), so one mean over both would swing with the order."""
+    if not done:
+        return float("nan")
+    by_mode: dict[str, list[float]] = {}
+    for mode, seconds in done:
+        by_mode.setdefault(mode, []).append(seconds)
+    overall = sum(sec for _, sec in done) / len(done)
+    return sum(sum(by_mode[m]) / len(by_mode[m]) if m in by_mode else overall for m in remaining)
+
+
 def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model: Callable[[str], object],
                load_data: Callable[[], object], progress: Callable[[str], None] = print,
                recompute: bool = False) -> list[Path]:
@@ -258,7 +271,7 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
     if todo:
         reference_arithmetic_only(root)
     data = load_data() if todo else None
-    started, done_images = time.time(), 0
+    done_images, took = 0, []
     here = computed_with(environment())  # this process's arithmetic and versions
     if not recompute:
         for spec in dict.fromkeys(spec for spec, _ in todo):
@@ -273,11 +286,13 @@ def run_shards(plan: Iterable[tuple[ShardSpec, int]], root: Path, *, load_model:
         if reuse is not None and (computed_with(reuse["header"]) != here
                                   or reuse["header"].get("reused")):
             reuse = None  # other arithmetic, or itself reused: then neither file would hold the attack's cost
+        started = time.time()
         result = run_shard(load_model(spec.model), data, spec, shard, reuse=reuse)
         save_shard(spec.shard_path(root, shard), result)
         done_images += spec.shard_images
+        took.append((spec.attack.label_mode, time.time() - started))  # with the model's loading
         robust = float(np.mean(result["adv_pred"] == result["label"]))
-        eta = (time.time() - started) / i * (len(todo) - i)
+        eta = eta_seconds(took, [s.attack.label_mode for s, _ in todo[i:]])
         progress(f"kafrob: [{i}/{len(todo)}] {spec.model} {spec.attack.label_mode} labels, shard {shard} done "
                  f"(robust {100 * robust:.1f}%, {result['header']['seconds']:.0f} s); {done_images} images this "
                  f"run, ETA {eta / 60:.0f} min")

@@ -89,3 +89,12 @@ def test_shards_enter_a_reference_store_under_the_reference_arithmetic_only(tmp_
         run_shards(plan, tmp_path / "reference_results" / "x" / "shards", load_model=never, load_data=never)
     with pytest.raises(AssertionError, match="loaded before"):  # anywhere else: any arithmetic
         run_shards(plan, tmp_path / "elsewhere", load_model=never, load_data=never)
+
+
+def test_the_eta_takes_each_label_modes_own_shard_time():
+    from kafrob.bench.run import eta_seconds
+
+    done = [("predicted", 500.0), ("true", 20.0), ("predicted", 300.0)]
+    assert eta_seconds(done, ["true", "predicted", "true"]) == 20.0 + 400.0 + 20.0
+    assert eta_seconds([("predicted", 500.0)], ["true"]) == 500.0  # no true-label shard yet: the mean of all
+    assert eta_seconds(done, []) == 0.0
