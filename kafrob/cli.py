@@ -253,7 +253,8 @@ def cmd_verdict(args) -> int:
     from kafrob.bench.released import write_verdict
 
     md, left_out = write_verdict(_attack_config(args, "true"), Path(args.shards_dir), args.n,
-                                 Path(args.out) if args.out else None, seed=args.seed, shard_images=args.shard_images)
+                                 Path(args.out) if args.out else None, seed=args.seed, shard_images=args.shard_images,
+                                 label_modes=tuple(args.labels))
     for line in left_out:
         print(f"left out: {line}", file=sys.stderr)
     _print(md)

@@ -60,15 +60,15 @@ def titles(attack: AttackConfig) -> tuple[str, str, str]:
     raise ValueError(f"a verdict reads the stores of {' or '.join(PLANNED_N)}, not {name_of(attack)}")
 
 
-def read(attack: AttackConfig, root: Path, n: int | None = None, *, seed: int = 0,
-         shard_images: int = SHARD_IMAGES) -> tuple[dict[tuple[str, str], Merged], list[str]]:
+def read(attack: AttackConfig, root: Path, n: int | None = None, *, seed: int = 0, shard_images: int = SHARD_IMAGES,
+         label_modes: tuple[str, ...] = LABEL_MODES) -> tuple[dict[tuple[str, str], Merged], list[str]]:
     """{(activation, label mode): the merged shards among the first ``n`` images of the order} for every released
     row and label mode with one, and a line per one left out."""
     titles(attack)  # a verdict's attack, or the error
     n = n or PLANNED_N[name_of(attack)]
     merged, left_out = {}, []
     for model in rows():
-        for mode in LABEL_MODES:
+        for mode in label_modes:
             spec = ShardSpec(model, dataclasses.replace(attack, label_mode=mode), seed, shard_images)
             prefix = shards_for(n, spec)
             try:
@@ -80,10 +80,11 @@ def read(attack: AttackConfig, root: Path, n: int | None = None, *, seed: int = 
 
 
 def write_verdict(attack: AttackConfig, root: Path, n: int | None = None, stem: Path | None = None, *,
-                  seed: int = 0, shard_images: int = SHARD_IMAGES) -> tuple[str, list[str]]:
+                  seed: int = 0, shard_images: int = SHARD_IMAGES,
+                  label_modes: tuple[str, ...] = LABEL_MODES) -> tuple[str, list[str]]:
     """Write one store's verdict (``<stem>.md``, ``.png``; default the reference file of that attack); returns the
     markdown and the rows left out. A store with no finished shard is a ShardError."""
-    merged, left_out = read(attack, root, n, seed=seed, shard_images=shard_images)
+    merged, left_out = read(attack, root, n, seed=seed, shard_images=shard_images, label_modes=label_modes)
     if not merged:
         folder = ShardSpec(rows()[0], dataclasses.replace(attack, label_mode="predicted"), seed, shard_images).attack_id
         raise ShardError(f"no finished shards in {root} for {titles(attack)[0]} (<row>/{folder}); run `kafrob "
