@@ -189,8 +189,3 @@ def train_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int, e
         return images, labels
 
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-
-
-def eval_dataset(x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> tf.data.Dataset:
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
-    return ds.map(lambda a, b: (to_float(a), b)).prefetch(tf.data.AUTOTUNE)

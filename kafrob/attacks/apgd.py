@@ -61,10 +61,6 @@ class APGDConfig:
         if self.eps < 0 or self.iterations < 1 or self.restarts < 1 or not 1 <= self.targets <= 9:
             raise ValueError(f"invalid APGD settings {self}")
 
-    @property
-    def stages(self) -> int:
-        return self.restarts * (self.targets if self.loss is Loss.DLR_TARGETED else 1)
-
 
 def checkpoints(iterations: int) -> list[int]:
     """The 0-based iterations after which the step size is checked (w_j - 1)."""

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kafrob.attacks.pgd import PGDConfig, predict
+from kafrob.attacks.pgd import PGDConfig
 from kafrob.data import IMAGE_SHAPE, NUM_CLASSES
 
 ART_ATTACKS = ("pgd", "apgd")
@@ -101,7 +101,3 @@ def art_counterpart(model: keras.Model, x: np.ndarray, y: np.ndarray, config, se
     tf.random.set_seed(seed)
     labels = None if config.label_mode == "predicted" else np.asarray(y, np.int64)
     return attack.generate(x=np.asarray(x, np.float32), y=labels).astype(np.float32)
-
-
-def art_fooled(model, x_adv, y_attack) -> np.ndarray:
-    return predict(model, tf.constant(x_adv)).numpy() != np.asarray(y_attack)

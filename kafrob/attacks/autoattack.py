@@ -40,10 +40,6 @@ class AutoAttackConfig:
     def __post_init__(self) -> None:
         check_label_mode(self.label_mode)
 
-    @property
-    def stages(self) -> int:
-        return len(COMPONENTS)
-
     def components(self) -> tuple:
         common = dict(eps=self.eps, label_mode=self.label_mode)
         return (APGDConfig(Loss.CE, iterations=self.iterations, **common),

@@ -42,10 +42,6 @@ class FABConfig:
         if self.eps < 0 or self.iterations < 1 or not 1 <= self.targets <= 9:
             raise ValueError(f"invalid FAB settings {self}")
 
-    @property
-    def stages(self) -> int:
-        return self.targets
-
 
 def project_linf(p: tf.Tensor, w: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     """Per row: the step d of smallest L-inf norm with ``w . (p + d) = b`` and ``0 <= p + d <= 1`` ([n, d] rows,

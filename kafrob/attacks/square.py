@@ -38,10 +38,6 @@ class SquareConfig:
         if self.eps < 0 or self.queries < 1 or not 0 < self.p_init <= 1:
             raise ValueError(f"invalid Square settings {self}")
 
-    @property
-    def stages(self) -> int:
-        return 1
-
 
 def window_fraction(query, queries: int, p_init: float):
     """The fraction p of the image a window covers at a query (0-based, after the initial one)."""
