@@ -1,7 +1,7 @@
 """A tier's reference files, regenerated (``kafrob regenerate``, ``nox -s regenerate``), from where its numbers are:
 
 * the released models (``Source.THESIS_CHECKPOINT``): their stored evaluation, the rows whose shards have begun;
-  then every verdict of those stores and the gap table (kafrob.bench.released);
+  then every verdict of those stores and the gap tables (kafrob.bench.released);
 * a floor tier (``Reference.FLOORS``): the models it trained and kept, and their stored shards (kafrob.bench.trained);
 * any other tier: every case run again (all or nothing: a failure raises before anything is written), or the last
   benchmark run's measurements (``from_measurements``; they must cover every case and share one arithmetic).

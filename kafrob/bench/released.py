@@ -1,4 +1,4 @@
-"""The released models' stored evaluations, read: one verdict per attack, and PGD against AutoAttack per example.
+"""The released models' stored evaluations, read: one verdict per attack, and attacks against each other per example.
 
 Every released row is attacked on the same stored images (kafrob.bench.shards), in both label modes, by three
 attacks, each a store of its own under ``reference_results/checkpoints/shards`` (``STORES``), read into files beside
@@ -98,7 +98,7 @@ def write_verdict(attack: AttackConfig, root: Path, n: int | None = None, stem: 
 
 
 def write_all(root: Path = SHARDS_DIR) -> tuple[list[Path], list[str]]:
-    """Every verdict whose store has begun, and the gap table, into the reference directory: (the files written,
+    """Every verdict whose store has begun, and the gap tables, into the reference directory: (the files written,
     a line per store or row left out)."""
     written, left_out = [], []
     for attack in STORES:
