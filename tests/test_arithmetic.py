@@ -29,12 +29,13 @@ def test_contraction_switch_read_as_tensorflow_reads_it(monkeypatch, value, kern
 
 def test_describe_and_label():
     d = arithmetic.describe()
-    assert set(d) == {"onednn", "contractions", "threads", "l1d_kib", "isa", "kaf_kernels", "kaf_target"}
-    assert d["threads"] >= 1 and (d["l1d_kib"] is None or d["l1d_kib"] > 0)
+    assert set(d) == {"onednn", "contractions", "threads", "l1d_kib", "l2_kib", "l3_kib", "isa", "kaf_kernels",
+                      "kaf_target"}
+    assert d["threads"] >= 1 and all(d[c] is None or d[c] > 0 for c in ("l1d_kib", "l2_kib", "l3_kib"))
     assert set(d["isa"]) <= {"avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"}
     reference = {"onednn": False, "contractions": "eigen", "isa": ["avx2", "fma"], "kaf_kernels": "portable"}
     assert arithmetic.label(reference) == \
-        "oneDNN off, Eigen contractions (no CPU-dispatched code), KAF kernels portable"
+        "oneDNN off, Eigen contractions (no oneDNN code), KAF kernels portable"
     assert arithmetic.label({**reference, "contractions": "onednn"}) == \
         "oneDNN off but oneDNN's sgemm in contractions, avx2+fma, KAF kernels portable"
     assert arithmetic.label({"onednn": True, "isa": ["avx2", "fma"], "kaf_kernels": "compiled"}) == \
@@ -82,3 +83,20 @@ def test_eigen_blocking_tells_one_thread_from_several(monkeypatch):
     assert arithmetic.eigen_blocking({}) == (None, None)  # headers before the fields
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     assert arithmetic.intra_op_threads() == 3
+
+
+def test_machine_names_what_a_reference_result_still_depends_on():
+    """Headers of one machine agree; another CPU, L2 size or thread count is another machine; a field an older
+    header does not record (L2, L3) is not held against it; the folder name is the CPU's and a digest."""
+    amd = {"cpu": "AMD EPYC", "isa": ["avx2", "fma", "avx512f"], "threads": 2, "l1d_kib": 48, "l2_kib": 1024,
+           "l3_kib": 32768, "onednn": False}
+    assert arithmetic.same_machine(amd, {**amd, "threads": 4, "onednn": True})
+    older = {k: v for k, v in amd.items() if k not in ("l2_kib", "l3_kib")}
+    assert arithmetic.same_machine(older, amd) and arithmetic.same_machine(amd, older)
+    for other in ({**amd, "cpu": "Intel(R) Xeon(R) Processor"}, {**amd, "l2_kib": 2048}, {**amd, "threads": 1}):
+        assert not arithmetic.same_machine(amd, other)
+    assert not arithmetic.same_machine(older, {**amd, "cpu": "Intel(R) Xeon(R) Processor"})
+    assert not arithmetic.same_machine({}, {})  # nothing recorded: never taken for the same machine
+    slug = arithmetic.machine_slug({**amd, "cpu": "Intel(R) Xeon(R) Processor"})
+    assert slug.startswith("intel-r-xeon-r-processor-") and len(slug.rsplit("-", 1)[1]) == 8
+    assert arithmetic.machine_slug(amd) != arithmetic.machine_slug({**amd, "l2_kib": 2048})

@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,7 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from kafrob.arithmetic import REFERENCE_COMMAND, cpu_independent, eigen_blocking, env_for, kaf_kernels, label
+from kafrob.arithmetic import (
+    REFERENCE_COMMAND,
+    eigen_blocking,
+    env_for,
+    isa_independent,
+    kaf_kernels,
+    label,
+    machine,
+    machine_slug,
+    same_machine,
+)
 from kafrob.attacks.pgd import Reduction
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
 from kafrob.bench.shards import (
@@ -249,43 +260,78 @@ def stored_reductions(model: str, root: Path) -> list[Reduction]:
         finished(protocol_spec(model, shard_images=n, reduction=r), root) for n in (SHARD_IMAGES, RECHECK_IMAGES))]
 
 
-def _stored_recheck(model: str, root: Path, reduction: Reduction) -> tuple[dict[str, dict], str]:
-    """What the recompute is compared with: the stored recheck shard (``recheck_args``) of both label modes, or,
-    in a store without one made under a oneDNN arithmetic, the first RECHECK_IMAGES images of shard 0. Under Eigen's
-    contractions (the reference arithmetic) a per-example result depends on the batch it was attacked in (Eigen
-    blocks a product by its sizes), so only a shard of exactly those images is compared; under oneDNN's sgemm the
-    first images of the short tier's kept models' shard 0 (stored on an Intel Xeon) recomputed identically on it and on
-    an AMD EPYC, docs/arithmetic.md. Returns (the stored results by label mode, what they are)"""
-    recheck = {m: protocol_spec(model, m, RECHECK_IMAGES, reduction).shard_path(root, 0) for m in ("predicted", "true")}
-    if all(p.exists() for p in recheck.values()):
-        return {m: load_shard(p) for m, p in recheck.items()}, "the stored recheck shard"
+RECHECK_BY_MACHINE = "recheck"  # <store>/recheck/<machine slug>/: recheck shards of machines other than the store's
+
+
+def recheck_root(root: Path, header: dict) -> Path:
+    """Where the recheck shards of the machine ``header`` names live beside the store ``root``
+    (kafrob.arithmetic.machine_slug): under the reference arithmetic a recheck is exact only on its machine."""
+    return Path(root) / RECHECK_BY_MACHINE / machine_slug(header)
+
+
+def _load_recheck(model: str, root: Path, reduction: Reduction) -> dict[str, dict] | None:
+    paths = {m: protocol_spec(model, m, RECHECK_IMAGES, reduction).shard_path(root, 0) for m in ("predicted", "true")}
+    return {m: load_shard(p) for m, p in paths.items()} if all(p.exists() for p in paths.values()) else None
+
+
+def _stored_rechecks(model: str, root: Path, reduction: Reduction) -> list[tuple[dict[str, dict], str]]:
+    """What the recompute is compared with, the store's first: its recheck shard (``recheck_args``) of both label
+    modes and those stored for other machines (``recheck_root``), or, in a store without one made under a oneDNN
+    arithmetic, the first RECHECK_IMAGES images of shard 0. Under Eigen's contractions (the reference arithmetic) a
+    per-example result depends on the batch it was attacked in (Eigen blocks a product by its sizes), so only a shard
+    of exactly those images is compared; under oneDNN's sgemm the first images of the short tier's kept models' shard
+    0 (stored on an Intel Xeon) recomputed identically on it and on an AMD EPYC, docs/arithmetic.md. Returns
+    [(the stored results by label mode, what they are)]."""
+    own = _load_recheck(model, root, reduction)
+    if own is not None:
+        folders = sorted(Path(root, RECHECK_BY_MACHINE).glob("*"))
+        others = [r for r in (_load_recheck(model, f, reduction) for f in folders) if r is not None]
+        return [(own, "the stored recheck shard"),
+                *((r, f"the recheck shard stored on {r['predicted']['header']['cpu']}") for r in others)]
     shard0 = {m: load_shard(protocol_spec(model, m, reduction=reduction).shard_path(root, 0))
               for m in ("predicted", "true")}
-    if cpu_independent(shard0["predicted"]["header"]):
+    if isa_independent(shard0["predicted"]["header"]):
         raise ShardError(f"{model}: no recheck shard under {root} (its shards were computed under Eigen's "
                          f"contractions, where a result depends on the batch); store one with "
                          f"`{REFERENCE_COMMAND} kafrob {' '.join(recheck_args(model, root, reduction))}`")
     first = {m: {**{f: s[f][:RECHECK_IMAGES] for f in FIELDS}, "header": s["header"]} for m, s in shard0.items()}
-    return first, "the stored shard 0"
+    return [(first, "the stored shard 0")]
 
 
 def recompute(model: str, root: Path = SHARDS_DIR) -> list[str]:
     """Attack the recheck images of a named model (``thesis:resnet20-<act>``, ``<tier>:<case>``) again, both label
-    modes, in a child process with the stored arithmetic, and compare every per-example field with the stored
-    results (``_stored_recheck``), for every loss the model's store holds (``stored_reductions``); failures as
-    lines, empty when identical. Under a CPU-dependent arithmetic (oneDNN code, kafrob.arithmetic) on another CPU a
-    difference is reported as possibly the CPU's."""
+    modes, in a child process with the stored arithmetic, and compare every per-example field with the results
+    stored on this machine (``_stored_rechecks``; the store's where none was), for every loss the model's store holds
+    (``stored_reductions``); failures as lines, empty when identical. A difference from results stored on another
+    machine is reported as possibly the machine's, with the command that stores this machine's recheck shard."""
     return [f for reduction in stored_reductions(model, root) for f in _recompute(model, root, reduction)]
 
 
+def _difference_cause(stored: dict, again: dict, model: str, root: Path, reduction: Reduction) -> str:
+    """Why a recomputed result (header ``again``) may differ from a stored one (header ``stored``)."""
+    if computed_with(again)["arithmetic"] != computed_with(stored)["arithmetic"]:  # another CPU, CPU-dependent code
+        return (f"stored on {stored.get('cpu')} ({label(stored)}), recomputed on {again.get('cpu')} ({label(again)}): "
+                f"the CPU or the code changed it; shards made with {REFERENCE_COMMAND} run none of oneDNN's "
+                f"CPU-dispatched code")
+    if None not in eigen_blocking(stored) and eigen_blocking(stored) != eigen_blocking(again):
+        return (f"stored with (several threads, L1d KiB) = {eigen_blocking(stored)}, recomputed with "
+                f"{eigen_blocking(again)}: Eigen sizes its blocks by these, so the machine or the code changed it")
+    if isa_independent(stored) and not same_machine(stored, again):
+        return (f"stored on {machine(stored)}, recomputed on {machine(again)}: under the reference arithmetic a few "
+                f"borderline images still come out otherwise on another machine (docs/arithmetic.md) and no recheck "
+                f"shard of this one is stored; if the code did not change (the tier passes on the storing machine), "
+                f"store it with `{REFERENCE_COMMAND} kafrob "
+                f"{' '.join(recheck_args(model, recheck_root(root, again), reduction))}`")
+    return "the code changed the computation"
+
+
 def _recompute(model: str, root: Path, reduction: Reduction) -> list[str]:
-    failures = []
     loss = "" if reduction is Reduction.MEAN else " (summed loss)"
     try:
-        reference, source = _stored_recheck(model, root, reduction)
+        candidates = _stored_rechecks(model, root, reduction)
     except ShardError as e:
         return [str(e)]
-    header = reference["predicted"]["header"]
+    header = candidates[0][0]["predicted"]["header"]
     env = {**os.environ, **env_for(header)}
     if header["kaf_kernels"] == "portable":
         env["KAFROB_NATIVE"] = "0"
@@ -295,28 +341,71 @@ def _recompute(model: str, root: Path, reduction: Reduction) -> list[str]:
         if done.returncode:
             last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
             return [f"{model}{loss}: re-computing {RECHECK_IMAGES} images failed: {last}"]
-        for mode, stored_shard in reference.items():
-            again = load_shard(protocol_spec(model, mode, RECHECK_IMAGES, reduction).shard_path(Path(tmp), 0))
-            mine, theirs = computed_with(again["header"]), computed_with(stored_shard["header"])
-            if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
-                failures.append(f"{model}: the stored shards were computed with {theirs}, this machine computes with "
-                                f"{mine}: install the locked versions (requirements.lock)")
-                break
-            cause = "the code changed the computation"
-            stored_blocks, blocks = eigen_blocking(stored_shard["header"]), eigen_blocking(again["header"])
-            if None not in stored_blocks and stored_blocks != blocks:  # Eigen's blocks: another summation order
-                cause = (f"stored with (several threads, L1d KiB) = {stored_blocks}, recomputed with {blocks}: Eigen "
-                         f"sizes its blocks by these, so the machine or the code changed it")
-            if mine["arithmetic"] != theirs["arithmetic"]:  # another CPU under a CPU-dependent arithmetic
-                cause = (f"stored on {stored_shard['header'].get('cpu')} ({label(stored_shard['header'])}), "
-                         f"recomputed on {again['header'].get('cpu')} ({label(again['header'])}): the CPU or the "
-                         f"code changed it; shards made with {REFERENCE_COMMAND} run no CPU-dispatched code")
-            for field in FIELDS:
-                differ = np.flatnonzero(again[field] != stored_shard[field])
-                if len(differ):
-                    failures.append(f"{model}{loss} {mode} labels: {field} differs from {source} on images "
-                                    f"{again['index'][differ].tolist()}: {cause}")
+        again = {m: load_shard(protocol_spec(model, m, RECHECK_IMAGES, reduction).shard_path(Path(tmp), 0))
+                 for m in ("predicted", "true")}
+    here = again["predicted"]["header"]
+    stored, source = next(((r, s) for r, s in candidates if same_machine(r["predicted"]["header"], here)),
+                          candidates[0])
+    failures = _differences(model, loss, root, reduction, stored, source, again)
+    there = stored["predicted"]["header"]
+    if not failures or not isa_independent(there) or same_machine(there, here) or eigen_blocking(
+            there) != eigen_blocking(here):
+        return failures
+    flips, allowed = _outcome_flips(again, stored), cross_machine_allowance(RECHECK_IMAGES)
+    if flips <= allowed:  # another machine, no recheck shard of its own: held to the spread measured between machines
+        print(f"kafrob: {model}{loss}: {flips} of {RECHECK_IMAGES} recheck images change outcome, within the "
+              f"{allowed} allowed between machines (CROSS_MACHINE); otherwise: {' | '.join(failures)}", file=sys.stderr)
+        return []
+    return [*failures, f"{model}{loss}: {flips} of {RECHECK_IMAGES} recheck images change outcome (clean prediction or "
+                       f"robust correctness), more than the {allowed} allowed between machines (CROSS_MACHINE)"]
+
+
+def _differences(model: str, loss: str, root: Path, reduction: Reduction, stored: dict[str, dict], source: str,
+                 again: dict[str, dict]) -> list[str]:
+    failures = []
+    for mode, stored_shard in stored.items():
+        mine, theirs = computed_with(again[mode]["header"]), computed_with(stored_shard["header"])
+        if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
+            return [f"{model}: the stored shards were computed with {theirs}, this machine computes with "
+                    f"{mine}: install the locked versions (requirements.lock)"]
+        cause = _difference_cause(stored_shard["header"], again[mode]["header"], model, root, reduction)
+        for field in FIELDS:
+            differ = np.flatnonzero(again[mode][field] != stored_shard[field])
+            if len(differ):
+                failures.append(f"{model}{loss} {mode} labels: {field} differs from {source} on images "
+                                f"{again[mode]['index'][differ].tolist()}: {cause}")
     return failures
+
+
+# Between machines under the reference arithmetic (docs/arithmetic.md): the row that moved most between the AMD EPYC
+# that stored the released models and an Intel Xeon, kaf_relu: (clean predictions of the 2,000 stored images that
+# changed, images). Its ridge-initialised KAF amplifies small differences upstream (compiled and portable KAF kernels
+# gave the same 37 here); fixed activations changed none.
+CROSS_MACHINE = (37, 2000)
+CROSS_MACHINE_FALSE_ALARM = 0.01
+
+
+def cross_machine_allowance(images: int) -> int:
+    """How many of ``images`` recheck images may change outcome (``_outcome_flips``) on a machine without its own
+    recheck shard: the smallest k that more than k change with probability under CROSS_MACHINE_FALSE_ALARM, at the
+    upper end of the 95% interval of the rate measured between machines (CROSS_MACHINE): 2 of 10."""
+    rate = wilson_interval(*CROSS_MACHINE)[1]
+    tail, k = 1.0, -1
+    while tail >= CROSS_MACHINE_FALSE_ALARM:
+        k += 1
+        tail -= math.comb(images, k) * rate**k * (1 - rate) ** (images - k)
+    return k
+
+
+def _outcome_flips(again: dict[str, dict], stored: dict[str, dict]) -> int:
+    """Recheck images whose clean prediction or robust correctness (against the true label) differs in either label
+    mode: what changes the stored numbers (which restart fooled an image, and into which class, does not)."""
+    changed = np.zeros(len(stored["predicted"]["index"]), bool)
+    for mode, theirs in stored.items():
+        mine = again[mode]
+        changed |= (mine["clean_pred"] != theirs["clean_pred"]) | (
+            (mine["adv_pred"] == mine["label"]) != (theirs["adv_pred"] == theirs["label"]))
+    return int(changed.sum())
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ def reference_arithmetic_only(root: Path) -> None:
     under the reference arithmetic only (kafrob.arithmetic); elsewhere any arithmetic."""
     from kafrob import arithmetic
 
-    if Path(root).resolve().is_relative_to(store.REFERENCE_DIR.resolve()) and not arithmetic.cpu_independent(
+    if Path(root).resolve().is_relative_to(store.REFERENCE_DIR.resolve()) and not arithmetic.isa_independent(
             arithmetic.describe()):
         raise ValueError(f"{root} is a reference store, computed under the reference arithmetic: run with "
                          f"{arithmetic.REFERENCE_COMMAND} (this process: {arithmetic.label(arithmetic.describe())})")

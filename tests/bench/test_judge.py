@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from kafrob.arithmetic import REFERENCE_COMMAND, REFERENCE_ENV, machine_slug
 from kafrob.attacks.pgd import Reduction
 from kafrob.bench import judge, shards, store
 from kafrob.bench.cases import BY_ID
@@ -173,7 +177,59 @@ def test_recompute_tells_a_cpu_dependent_difference_from_a_code_change(cifar, tm
                                                                              "spec": other["header"]["spec"]}})
     failures = judge.recompute(str(path), tmp_path)
     assert failures and all("stored on another CPU (oneDNN off but oneDNN's sgemm" in f for f in failures)
-    assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 run no CPU-dispatched code" in failures[0]
+    assert "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0 run none of oneDNN's CPU-dispatched code" in failures[0]
+
+
+def _as_stored_elsewhere(plan, root, alter):
+    """The store's recheck shards as if stored under the reference arithmetic on an AMD EPYC, ``alter``-ed."""
+    for spec, _ in plan:
+        shard = shards.load_shard(spec.shard_path(root, 0))
+        alter(shard)
+        shards.save_shard(spec.shard_path(root, 0), {**shard, "header": {
+            **shard["header"], "onednn": False, "contractions": "eigen", "cpu": "AMD EPYC", "l2_kib": 1}})
+
+
+def test_recompute_holds_each_machine_to_its_own_recheck_shard(cifar, tmp_path):
+    """Under the reference arithmetic results still differ between machines on a few borderline images. A machine
+    without a recheck shard of its own is held to the store's within the spread measured between machines (which
+    restart fooled an image may differ; more outcomes than allowed fail, naming both machines and the command that
+    stores this one's); once stored, the machine is held to its own recheck shard exactly."""
+    path, plan = _tiny_store(tmp_path, cifar)
+
+    def restart(shard):
+        shard["first_restart"][0] = 7 if shard["first_restart"][0] != 7 else 8
+
+    _as_stored_elsewhere(plan, tmp_path, restart)
+    assert judge.cross_machine_allowance(judge.RECHECK_IMAGES) == 2
+    assert judge.recompute(str(path), tmp_path) == []  # which restart succeeded is no outcome
+
+    def outcomes(shard):  # images 0-2 change robust correctness, in both label modes
+        for i in (0, 1, 2):
+            label = shard["label"][i]
+            shard["adv_pred"][i] = (label + 1) % 10 if shard["adv_pred"][i] == label else label
+
+    _as_stored_elsewhere(plan, tmp_path, outcomes)
+    here = judge.recheck_root(tmp_path, store.environment())
+    assert here == tmp_path / "recheck" / machine_slug(store.environment())
+    command = f"{REFERENCE_COMMAND} kafrob {' '.join(judge.recheck_args(str(path), here))}"
+    *differences, verdict = judge.recompute(str(path), tmp_path)
+    assert verdict == (f"{path}: 3 of 10 recheck images change outcome (clean prediction or robust correctness), "
+                       f"more than the 2 allowed between machines (CROSS_MACHINE)")
+    assert any(f.startswith(f"{path} predicted labels: adv_pred differs from the stored recheck shard on images")
+               for f in differences)
+    assert all("stored on {'cpu': 'AMD EPYC'" in f and f.endswith(f"`{command}`") for f in differences)
+    done = subprocess.run([sys.executable, "-m", "kafrob.cli", *judge.recheck_args(str(path), here)],
+                          env={**os.environ, **REFERENCE_ENV}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert judge.recompute(str(path), tmp_path) == []  # held to this machine's recheck, not the store's
+    own = plan[1][0].shard_path(here, 0)
+    shard = shards.load_shard(own)
+    shard["first_restart"][2] = 7 if shard["first_restart"][2] != 7 else 8
+    shards.save_shard(own, shard)
+    (failure,) = judge.recompute(str(path), tmp_path)  # exactly: no allowance on its own machine
+    assert failure.startswith(f"{path} true labels: first_restart differs from the recheck shard stored on "
+                              f"{store.environment()['cpu']} on images")
+    assert failure.endswith("the code changed the computation")
 
 
 def test_an_eigen_store_without_its_recheck_shard_names_the_command_that_stores_it(tmp_path):

@@ -130,7 +130,7 @@ def test_merge_refuses_other_arithmetic_and_reports_coverage(tmp_path):
     other["header"]["onednn"] = not other["header"]["onednn"]
     other["header"]["isa"] = ["avx2"] if other["header"]["onednn"] else []
     shards.save_shard(paths[1], other)  # the CPU's instruction sets matter only under oneDNN code
-    if arithmetic.cpu_independent(other["header"]):
+    if arithmetic.isa_independent(other["header"]):
         assert shards.merge(spec, tmp_path).n == 20
     else:
         with pytest.raises(shards.ShardError, match="another arithmetic"):
