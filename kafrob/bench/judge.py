@@ -346,10 +346,14 @@ def _recompute(model: str, root: Path, reduction: Reduction) -> list[str]:
     here = again["predicted"]["header"]
     stored, source = next(((r, s) for r, s in candidates if same_machine(r["predicted"]["header"], here)),
                           candidates[0])
-    failures = _differences(model, loss, root, reduction, stored, source, again)
     there = stored["predicted"]["header"]
-    if not failures or not isa_independent(there) or same_machine(there, here) or eigen_blocking(
-            there) != eigen_blocking(here):
+    mine, theirs = computed_with(here), computed_with(there)
+    if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
+        return [f"{model}: the stored shards were computed with {theirs}, this machine computes with {mine}: install "
+                f"the locked versions (requirements.lock)"]
+    failures = _differences(model, loss, root, reduction, stored, source, again)
+    if (not failures or same_machine(there, here) or not isa_independent(there) or mine != theirs
+            or eigen_blocking(there) != eigen_blocking(here)):
         return failures
     flips, allowed = _outcome_flips(again, stored), cross_machine_allowance(RECHECK_IMAGES)
     if flips <= allowed:  # another machine, no recheck shard of its own: held to the spread measured between machines
@@ -364,10 +368,6 @@ def _differences(model: str, loss: str, root: Path, reduction: Reduction, stored
                  again: dict[str, dict]) -> list[str]:
     failures = []
     for mode, stored_shard in stored.items():
-        mine, theirs = computed_with(again[mode]["header"]), computed_with(stored_shard["header"])
-        if {**mine, "arithmetic": None} != {**theirs, "arithmetic": None}:
-            return [f"{model}: the stored shards were computed with {theirs}, this machine computes with "
-                    f"{mine}: install the locked versions (requirements.lock)"]
         cause = _difference_cause(stored_shard["header"], again[mode]["header"], model, root, reduction)
         for field in FIELDS:
             differ = np.flatnonzero(again[mode][field] != stored_shard[field])

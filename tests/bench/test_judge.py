@@ -232,6 +232,15 @@ def test_recompute_holds_each_machine_to_its_own_recheck_shard(cifar, tmp_path):
     assert failure.endswith("the code changed the computation")
 
 
+def test_recompute_on_another_machine_with_other_versions_asks_for_the_locked_ones(cifar, tmp_path):
+    """Other TensorFlow versions are never excused as the spread between machines."""
+    path, plan = _tiny_store(tmp_path, cifar)
+    _as_stored_elsewhere(plan, tmp_path, lambda shard: shard["header"].update(tensorflow="0.0"))
+    (failure,) = judge.recompute(str(path), tmp_path)
+    assert failure.startswith(f"{path}: the stored shards were computed with") and failure.endswith(
+        "install the locked versions (requirements.lock)")
+
+
 def test_an_eigen_store_without_its_recheck_shard_names_the_command_that_stores_it(tmp_path):
     """Under Eigen's contractions a result depends on the batch, so the first images of a larger shard are no
     reference: the recompute asks for the recheck shard (of each loss stored) instead of reporting differences."""
