@@ -50,6 +50,7 @@ def test_pooling_averages_in_the_input_dtype():
 
 
 def test_with_thesis_arithmetic_keeps_the_model():
+    keras.utils.set_random_seed(0)
     model = resnet20("relu")
     clone = with_thesis_arithmetic(model)
     assert [layer.name for layer in clone.layers] == [layer.name for layer in model.layers]
@@ -58,7 +59,10 @@ def test_with_thesis_arithmetic_keeps_the_model():
     assert keras.layers.BatchNormalization not in kinds
     clone.set_weights(model.get_weights())
     x = np.random.default_rng(4).uniform(0, 1, (4, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(clone(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-4)
+    # Same function, float32 rounding of another batch-norm formula through 19 layers, so relative to the logits (up to
+    # ~80 with random weights: max |difference| 1.5e-4 over seeds 0-4 on an Intel Xeon, oneDNN on), as the layer test.
+    np.testing.assert_allclose(clone(x, training=False).numpy(), model(x, training=False).numpy(), rtol=1e-5,
+                               atol=1e-4)
     for cls in (FusedBatchNormalization, InputDtypeGlobalAveragePooling2D):
         layer = next(la for la in clone.layers if type(la) is cls)
         assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
