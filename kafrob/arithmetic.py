@@ -114,7 +114,8 @@ def isa_independent(arithmetic: dict) -> bool:
 # What a result under the reference arithmetic still depends on besides the code and the batch: the machine. The
 # released models' recheck shards (10 images) re-computed on an Intel Xeon (AVX512-FP16/AMX; 48 KiB L1d, 2 MiB L2)
 # came out otherwise than on the AMD EPYC that stored them (48 KiB L1d, 1 MiB L2) on 1-2 borderline images of
-# relu, kaf_relu and kaf_swish, same code, threads and L1d (docs/arithmetic.md); the cause is not isolated (Eigen
+# relu, kaf_relu and kaf_swish, and 18-37 of the 2,000 stored clean predictions of the ridge-initialised KAF rows
+# changed, same code, threads and L1d (docs/arithmetic.md); the cause is not isolated (Eigen
 # sizes its blocks and chooses how to split a contraction from the cache sizes it reads from the CPU, L2 and L3
 # included). So a recheck is exact only on the machine it was stored on.
 MACHINE_FIELDS = ("cpu", "isa", "l1d_kib", "l2_kib", "l3_kib")
