@@ -116,8 +116,9 @@ def test_recompute_reproduces_the_stored_recheck_shard_and_catches_a_change(shar
     """The stored ReLU recheck shards (the store's, and this machine's where stored) are computed again identically;
     three altered robust outcomes are caught on any machine (more than the spread allowed between machines)."""
     copies = []
+    by_machine = shards.SHARDS_DIR / judge.RECHECK_BY_MACHINE
     for root, into in [(shards.SHARDS_DIR, tmp_path), *((folder, tmp_path / judge.RECHECK_BY_MACHINE / folder.name)
-                                                        for folder in (shards.SHARDS_DIR / "recheck").glob("*"))]:
+                                                        for folder in by_machine.glob("*"))]:
         for mode in ("predicted", "true"):
             spec = shards.released_spec("relu", mode, judge.RECHECK_IMAGES)
             if spec.directory(root).exists():
@@ -127,13 +128,21 @@ def test_recompute_reproduces_the_stored_recheck_shard_and_catches_a_change(shar
     altered = [0, 3, 5]
     for path in copies:
         shard = shards.load_shard(path)
-        for i in altered:
-            label = shard["label"][i]
-            shard["adv_pred"][i] = (label + 1) % 10 if shard["adv_pred"][i] == label else label
+        _flip_robust(shard, altered)
         shards.save_shard(path, shard)
     failures = judge.recompute("thesis:resnet20-relu", tmp_path)
-    assert failures and "adv_pred differs" in failures[0]
-    assert all(str(i) in failures[0] for i in shards.load_shard(copies[0])["index"][altered])
+    images = shards.load_shard(copies[0])["index"][altered].tolist()
+    for mode, failure in zip(("predicted", "true"), failures, strict=False):
+        assert failure.startswith(f"thesis:resnet20-relu {mode} labels: adv_pred differs from ")
+        assert f"on images {images}:" in failure
+    assert len(failures) == 2 or (len(failures) == 3 and "more than the 2 allowed between machines" in failures[2])
+
+
+def _flip_robust(shard: dict, images: list[int]) -> None:
+    """Make each of ``images`` robust where it was fooled and fooled where it was robust."""
+    for i in images:
+        label = shard["label"][i]
+        shard["adv_pred"][i] = (label + 1) % 10 if shard["adv_pred"][i] == label else label
 
 
 def _tiny_store(tmp_path, cifar, reductions=(Reduction.MEAN,)):
@@ -213,12 +222,7 @@ def test_recompute_holds_each_machine_to_its_own_recheck_shard(cifar, tmp_path):
     assert judge.cross_machine_allowance(judge.RECHECK_IMAGES) == 2
     assert judge.recompute(str(path), tmp_path) == []  # which restart succeeded is no outcome
 
-    def outcomes(shard):  # images 0-2 change robust correctness, in both label modes
-        for i in (0, 1, 2):
-            label = shard["label"][i]
-            shard["adv_pred"][i] = (label + 1) % 10 if shard["adv_pred"][i] == label else label
-
-    _as_stored_elsewhere(plan, tmp_path, outcomes)
+    _as_stored_elsewhere(plan, tmp_path, lambda shard: _flip_robust(shard, [0, 1, 2]))  # in both label modes
     here = judge.recheck_root(tmp_path, store.environment())
     assert here == tmp_path / "recheck" / machine_slug(store.environment())
     command = f"{REFERENCE_COMMAND} kafrob {' '.join(judge.recheck_args(str(path), here))}"
