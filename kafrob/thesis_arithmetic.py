@@ -16,27 +16,35 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kafrob import arithmetic
 from kafrob.kaf import KAF
+from kafrob.models.batch_norm import BatchNormalization, inverse_std
+
+
+def fused_formula(x: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, offset: tf.Tensor, scale: tf.Tensor,
+                  epsilon: float) -> tf.Tensor:
+    """The fused kernel's inference formula and rounding in float32, (x - mean) * (inv * scale) + offset, with
+    ``inverse_std`` (tests/test_batch_norm.py: TensorFlow's Rsqrt here gives the kernel's output bit for bit)."""
+    return (tf.cast(x, tf.float32) - mean) * (inverse_std(variance, epsilon) * scale) + offset
 
 
 @keras.saving.register_keras_serializable(package="kafrob")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """Inference through TensorFlow's fused batch-norm kernel, as tf.keras 2.x computed it."""
+class FusedBatchNormalization(BatchNormalization):
+    """Inference through TensorFlow's fused batch-norm kernel, as tf.keras 2.x computed it (its formula with the
+    exact inverse standard deviation under ``KAFROB_EXACT_RSQRT=1``, kafrob.models.batch_norm)."""
 
     def call(self, inputs, training=None, mask=None):
         channel_axis = self.axis if self.axis >= 0 else len(inputs.shape) + self.axis
         if training or mask is not None or len(inputs.shape) != 4 or channel_axis != 3:
             return super().call(inputs, training=training, mask=mask)
         channels = inputs.shape[-1]
-        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-            inputs,
-            tf.cast(self.gamma.value, tf.float32) if self.scale else tf.ones(channels),
-            tf.cast(self.beta.value, tf.float32) if self.center else tf.zeros(channels),
-            mean=tf.cast(self.moving_mean.value, tf.float32),
-            variance=tf.cast(self.moving_variance.value, tf.float32),
-            epsilon=self.epsilon,
-            is_training=False,
-        )
+        scale = tf.cast(self.gamma.value, tf.float32) if self.scale else tf.ones(channels)
+        offset = tf.cast(self.beta.value, tf.float32) if self.center else tf.zeros(channels)
+        mean, variance = tf.cast(self.moving_mean.value, tf.float32), tf.cast(self.moving_variance.value, tf.float32)
+        if arithmetic.rsqrt() == "exact":
+            return tf.cast(fused_formula(inputs, mean, variance, offset, scale, self.epsilon), self.compute_dtype)
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(inputs, scale, offset, mean=mean, variance=variance,
+                                                   epsilon=self.epsilon, is_training=False)
         return tf.cast(y, self.compute_dtype)
 
 
@@ -51,6 +59,7 @@ class InputDtypeGlobalAveragePooling2D(keras.layers.GlobalAveragePooling2D):
 
 _REPLACEMENTS = {
     keras.layers.BatchNormalization: FusedBatchNormalization,
+    BatchNormalization: FusedBatchNormalization,
     keras.layers.GlobalAveragePooling2D: InputDtypeGlobalAveragePooling2D,
 }
 

@@ -7,35 +7,37 @@ import pytest
 
 from kafrob import arithmetic, arithmetic_shift
 
+SWITCHES = [("TF_ENABLE_ONEDNN_OPTS", arithmetic.onednn_enabled, [(None, True), ("1", True), ("0", False),
+                                                                     ("false", False), ("True", True)]),
+            (arithmetic.CONTRACTION_ENV_VAR, arithmetic.contractions, [(None, "onednn"), ("1", "onednn"),
+                                                                       ("0", "eigen"), ("false", "eigen")]),
+            (arithmetic.RSQRT_ENV_VAR, arithmetic.rsqrt, [(None, "hardware"), ("0", "hardware"), ("1", "exact"),
+                                                          ("true", "exact")])]
 
-@pytest.mark.parametrize("value,enabled", [(None, True), ("1", True), ("0", False), ("false", False),
-                                           ("True", True)])
-def test_onednn_switch_read_as_tensorflow_reads_it(monkeypatch, value, enabled):
+
+@pytest.mark.parametrize("variable,read,value,expected",
+                         [(variable, read, value, expected) for variable, read, cases in SWITCHES
+                          for value, expected in cases])
+def test_switches_read_as_their_readers_read_them(monkeypatch, variable, read, value, expected):
+    """oneDNN's and the contractions' switches as TensorFlow reads them; the rsqrt's as kafrob does."""
     if value is None:
-        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+        monkeypatch.delenv(variable, raising=False)
     else:
-        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", value)
-    assert arithmetic.onednn_enabled() is enabled
-
-
-@pytest.mark.parametrize("value,kernel", [(None, "onednn"), ("1", "onednn"), ("0", "eigen"), ("false", "eigen")])
-def test_contraction_switch_read_as_tensorflow_reads_it(monkeypatch, value, kernel):
-    if value is None:
-        monkeypatch.delenv(arithmetic.CONTRACTION_ENV_VAR, raising=False)
-    else:
-        monkeypatch.setenv(arithmetic.CONTRACTION_ENV_VAR, value)
-    assert arithmetic.contractions() == kernel
+        monkeypatch.setenv(variable, value)
+    assert read() == expected
 
 
 def test_describe_and_label():
     d = arithmetic.describe()
-    assert set(d) == {"onednn", "contractions", "threads", "l1d_kib", "l2_kib", "l3_kib", "isa", "kaf_kernels",
-                      "kaf_target"}
+    assert set(d) == {"onednn", "contractions", "rsqrt", "threads", "l1d_kib", "l2_kib", "l3_kib", "isa",
+                      "kaf_kernels", "kaf_target"}
     assert d["threads"] >= 1 and all(d[c] is None or d[c] > 0 for c in ("l1d_kib", "l2_kib", "l3_kib"))
     assert set(d["isa"]) <= {"avx2", "fma", "avx512f", "avx512_fp16", "amx_tile"}
     reference = {"onednn": False, "contractions": "eigen", "isa": ["avx2", "fma"], "kaf_kernels": "portable"}
     assert arithmetic.label(reference) == \
         "oneDNN off, Eigen contractions (no oneDNN code), KAF kernels portable"
+    assert arithmetic.label({**reference, "rsqrt": "exact"}) == \
+        "oneDNN off, Eigen contractions (no oneDNN code), KAF kernels portable, exact rsqrt"
     assert arithmetic.label({**reference, "contractions": "onednn"}) == \
         "oneDNN off but oneDNN's sgemm in contractions, avx2+fma, KAF kernels portable"
     assert arithmetic.label({"onednn": True, "isa": ["avx2", "fma"], "kaf_kernels": "compiled"}) == \
@@ -51,9 +53,25 @@ def test_results_key_ignores_the_cpu_only_without_any_onednn_code():
                           {k: v for k, v in off.items() if k != "contractions"}):
         assert arithmetic.results_key(cpu_dependent) != arithmetic.results_key({**cpu_dependent, "isa": ["avx512f"]})
     assert arithmetic.results_key(off) != arithmetic.results_key({**off, "kaf_kernels": "portable"})
-    assert arithmetic.env_for(off) == arithmetic.REFERENCE_ENV
+    assert arithmetic.env_for(off) == {**arithmetic.REFERENCE_ENV, "KAFROB_EXACT_RSQRT": "0"}
     assert arithmetic.env_for({"onednn": True}) == {"TF_ENABLE_ONEDNN_OPTS": "1",
-                                                    "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "1"}
+                                                    "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "1",
+                                                    "KAFROB_EXACT_RSQRT": "0"}
+
+
+def test_env_for_sets_the_rsqrt_it_records():
+    for rsqrt in ("hardware", "exact"):
+        assert arithmetic.env_for({"rsqrt": rsqrt})[arithmetic.RSQRT_ENV_VAR] == ("1" if rsqrt == "exact" else "0")
+
+
+def test_only_the_exact_rsqrt_makes_the_reference_arithmetic_vendor_independent():
+    """Headers without ``rsqrt`` predate it (the hardware's): they merge with new hardware ones, not exact ones."""
+    reference = {"onednn": False, "contractions": "eigen", "kaf_kernels": "compiled"}
+    assert not arithmetic.vendor_independent(reference)
+    assert arithmetic.vendor_independent({**reference, "rsqrt": "exact"})
+    assert not arithmetic.vendor_independent({**reference, "onednn": True, "rsqrt": "exact"})
+    assert arithmetic.results_key(reference) == arithmetic.results_key({**reference, "rsqrt": "hardware"})
+    assert arithmetic.results_key(reference) != arithmetic.results_key({**reference, "rsqrt": "exact"})
 
 
 def test_shift_summary_against_the_reference_path():

@@ -48,6 +48,7 @@ from kafrob.arithmetic import (
     machine,
     machine_slug,
     same_machine,
+    vendor_independent,
 )
 from kafrob.attacks.pgd import Reduction
 from kafrob.bench.cases import BY_ID, EXPERIMENTS, Experiment
@@ -316,11 +317,11 @@ def _difference_cause(stored: dict, again: dict, model: str, root: Path, reducti
     if None not in eigen_blocking(stored) and eigen_blocking(stored) != eigen_blocking(again):
         return (f"stored with (several threads, L1d KiB) = {eigen_blocking(stored)}, recomputed with "
                 f"{eigen_blocking(again)}: Eigen sizes its blocks by these, so the machine or the code changed it")
-    if isa_independent(stored) and not same_machine(stored, again):
+    if isa_independent(stored) and not vendor_independent(stored) and not same_machine(stored, again):
         return (f"stored on {machine(stored)}, recomputed on {machine(again)}: under the reference arithmetic a few "
-                f"borderline images still come out otherwise on another machine (docs/arithmetic.md) and no recheck "
-                f"shard of this one is stored; if the code did not change (the tier passes on the storing machine), "
-                f"store it with `{REFERENCE_COMMAND} kafrob "
+                f"borderline images still come out otherwise on another machine (batch normalisation's hardware "
+                f"rsqrt, docs/arithmetic.md) and no recheck shard of this one is stored; if the code did not change "
+                f"(the tier passes on the storing machine), store it with `{REFERENCE_COMMAND} kafrob "
                 f"{' '.join(recheck_args(model, recheck_root(root, again), reduction))}`")
     return "the code changed the computation"
 
@@ -352,8 +353,8 @@ def _recompute(model: str, root: Path, reduction: Reduction) -> list[str]:
         return [f"{model}: the stored shards were computed with {theirs}, this machine computes with {mine}: install "
                 f"the locked versions (requirements.lock)"]
     failures = _differences(model, loss, root, reduction, stored, source, again)
-    if (not failures or same_machine(there, here) or not isa_independent(there) or mine != theirs
-            or eigen_blocking(there) != eigen_blocking(here)):
+    if (not failures or same_machine(there, here) or not isa_independent(there) or vendor_independent(there)
+            or mine != theirs or eigen_blocking(there) != eigen_blocking(here)):
         return failures
     flips, allowed = _outcome_flips(again, stored), cross_machine_allowance(RECHECK_IMAGES)
     if flips <= allowed:  # another machine, no recheck shard of its own: held to the spread measured between machines

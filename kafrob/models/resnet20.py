@@ -11,6 +11,7 @@ from __future__ import annotations
 import keras
 
 from kafrob.activations import activation_layer
+from kafrob.models.batch_norm import BatchNormalization
 
 STAGES = ((16, 1), (32, 2), (64, 2))
 BLOCKS_PER_STAGE = 3
@@ -49,16 +50,16 @@ def layer_names() -> list[str]:
 def resnet20(activation: str, *, input_shape=(32, 32, 3), num_classes: int = 10) -> keras.Model:
     inputs = keras.Input(input_shape, name="image")
     x = _conv(16, 1, "stem_conv")(inputs)
-    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = BatchNormalization(name="stem_bn")(x)
     x = activation_layer(activation, name="stem_act")(x)
     for p, filters, stride in _blocks():
         y = _conv(filters, stride, f"{p}_conv1")(x)
-        y = keras.layers.BatchNormalization(name=f"{p}_bn1")(y)
+        y = BatchNormalization(name=f"{p}_bn1")(y)
         y = activation_layer(activation, name=f"{p}_act1")(y)
         y = _conv(filters, 1, f"{p}_conv2")(y)
         shortcut = _conv(filters, stride, f"{p}_shortcut")(x) if stride > 1 else x
         x = keras.layers.Add(name=f"{p}_add")([y, shortcut])
-        x = keras.layers.BatchNormalization(name=f"{p}_bn2")(x)
+        x = BatchNormalization(name=f"{p}_bn2")(x)
         x = activation_layer(activation, name=f"{p}_act2")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     logits = keras.layers.Dense(

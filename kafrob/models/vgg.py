@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from kafrob.activations import activation_layer
+from kafrob.models.batch_norm import BatchNormalization
 
 BLOCKS = ((32, 0.2), (64, 0.25), (128, 0.3))
 DENSE_L2 = 1.2e-3
@@ -19,7 +20,7 @@ def vgg(activation: str, *, input_shape=(32, 32, 3), num_classes: int = 10) -> k
             x = keras.layers.Conv2D(
                 filters, 3, padding="same", kernel_initializer="he_uniform", name=f"block{b}_conv{c}"
             )(x)
-            x = keras.layers.BatchNormalization(name=f"block{b}_bn{c}")(x)
+            x = BatchNormalization(name=f"block{b}_bn{c}")(x)
             x = activation_layer(activation, name=f"block{b}_act{c}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{b}_pool")(x)
         x = keras.layers.Dropout(rate, name=f"block{b}_dropout")(x)

@@ -246,6 +246,21 @@ def test_recompute_holds_each_machine_to_its_own_recheck_shard(cifar, tmp_path):
     assert failure.endswith("the code changed the computation")
 
 
+def test_recompute_holds_a_store_made_with_the_exact_rsqrt_to_it_exactly_on_any_machine(cifar, tmp_path):
+    """With the exact rsqrt no instruction the CPU maker chooses is left, so no allowance between machines."""
+    path, plan = _tiny_store(tmp_path, cifar)
+
+    def exact_restart(shard):
+        shard["first_restart"][0] = 7 if shard["first_restart"][0] != 7 else 8
+        shard["header"]["rsqrt"] = "exact"
+
+    _as_stored_elsewhere(plan, tmp_path, exact_restart)
+    failures = judge.recompute(str(path), tmp_path)
+    assert [f.split(":")[0] for f in failures] == [f"{path} {mode} labels" for mode in ("predicted", "true")]
+    assert all(" first_restart differs from the stored recheck shard on images [" in f for f in failures)
+    assert all(f.endswith("the code changed the computation") for f in failures)
+
+
 def test_recompute_on_another_machine_with_other_versions_asks_for_the_locked_ones(cifar, tmp_path):
     """Other TensorFlow versions are never excused as the spread between machines."""
     path, plan = _tiny_store(tmp_path, cifar)
