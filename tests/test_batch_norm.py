@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kafrob.arithmetic import RSQRT_ENV_VAR, cpu_model, env_for
+from kafrob.arithmetic import RSQRT_ENV_VAR, env_for, label, machine
 from kafrob.attacks.common import cross_entropy_each, logits
 from kafrob.models import build_model
 from kafrob.models.batch_norm import BatchNormalization, inverse_std, normalize
@@ -146,7 +146,7 @@ def test_exact_graphs_hold_no_approximate_op(activation, monkeypatch):
 EXACT_LOGITS = Path(__file__).parents[1] / "reference_results" / "checkpoints" / "exact_rsqrt_logits.npz"
 
 
-def test_exact_arithmetic_gives_the_stored_logits_on_this_machine(cifar, shared_checkpoints, tmp_path):
+def test_exact_rsqrt_gives_the_stored_logits_on_every_cpu(cifar, shared_checkpoints, tmp_path):
     """The released models' logits of the first test images under the reference arithmetic with the exact rsqrt,
     bit for bit as stored (tests/scripts/exact_rsqrt_logits.py): on another CPU, the evidence that no result of this
     arithmetic depends on the machine (with the hardware rsqrt, an Intel Xeon and an AMD EPYC differ)."""
@@ -157,7 +157,7 @@ def test_exact_arithmetic_gives_the_stored_logits_on_this_machine(cifar, shared_
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     stored, here = np.load(EXACT_LOGITS), np.load(out)
-    there = json.loads(str(stored["header"]))
+    there, now = (json.loads(str(f["header"])) for f in (stored, here))
     differ = {row: int(np.sum(here[row] != stored[row])) for row in stored.files if row != "header"}
-    assert not any(differ.values()), (f"logits that differ from those stored on {there['cpu']} ({there['isa']}), "
-                                      f"here on {cpu_model()}: {differ}")
+    assert not any(differ.values()), (f"logits that differ from those stored on {machine(there)} ({label(there)}), "
+                                      f"here on {machine(now)} ({label(now)}): {differ}")
