@@ -158,7 +158,7 @@ def machine_slug(header: dict) -> str:
 def vendor_independent(arithmetic: dict) -> bool:
     """``isa_independent`` with the exact rsqrt (``rsqrt``): no instruction whose result the CPU maker chooses is
     left in the models' computations (tests/test_batch_norm.py: their graphs hold no approximate op); the same bits
-    on every x86 CPU, as far as machines were compared (tests/test_exact_rsqrt.py)."""
+    on every x86 CPU as far as machines were compared (tests/test_batch_norm.py, the stored exact logits)."""
     return isa_independent(arithmetic) and arithmetic.get("rsqrt") == "exact"
 
 
