@@ -18,8 +18,7 @@ import tensorflow as tf
 from kafrob import arithmetic, atomic
 from kafrob.activations import check_activation
 from kafrob.attacks.common import predict
-from kafrob.attacks.pgd import PGDConfig, pgd_attack
-from kafrob.attacks.sanity import fgsm
+from kafrob.attacks.pgd import PGDConfig, fgsm, pgd_attack
 from kafrob.data import Cifar10, stratified_indices, to_float, train_dataset
 from kafrob.fbf import FBFConfig, make_train_step
 from kafrob.models import MODELS, build_model
@@ -240,10 +239,10 @@ def train(config: TrainConfig, data: Cifar10, run_dir: str | Path, *, resume: bo
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
                   "lr": float(optimizer.learning_rate), "seconds": time.time() - start}
         if config.monitor_images:
-            _, fooled = pgd_attack(model, monitor_x, monitor_y, monitor_cfg, seed=config.seed,
-                                   jit_compile=None if config.jit_compile else False)
+            jit = None if config.jit_compile else False
+            _, fooled = pgd_attack(model, monitor_x, monitor_y, monitor_cfg, seed=config.seed, jit_compile=jit)
             record["monitor_pgd_accuracy"] = float(np.mean(~fooled))
-            one_step = fgsm(model, monitor_x, monitor_y, config.fbf.eps)
+            one_step = fgsm(model, monitor_x, monitor_y, config.fbf.eps, jit_compile=jit)
             record["monitor_fgsm_accuracy"] = float(np.mean(predict(model, one_step).numpy() == monitor_y))
             # catastrophic overfitting is adversarial training's failure: clean training is only monitored
             reason = (overfitting(meta["history"], record, config.monitor_drop, config.monitor_gap)

@@ -126,6 +126,15 @@ def pgd_restarts(model: keras.Model, x, y_attack, config: PGDConfig = PGDConfig(
     return best, first
 
 
+def fgsm(model: keras.Model, x, y, eps: float, *, jit_compile: bool | None = None) -> np.ndarray:
+    """FGSM (Goodfellow et al. 2015) against labels ``y``: PGD's one-step case (from the clean image, step eps,
+    each image's own gradient), compiled as PGD is (``jit_compile=None``: ``default_jit``)."""
+    x = tf.constant(np.asarray(x, np.float32))
+    run = _compiled_run(model, default_jit() if jit_compile is None else jit_compile, Reduction.SUM)
+    eps = tf.constant(eps, tf.float32)
+    return run(x, tf.constant(np.asarray(y, np.int32)), tf.zeros_like(x), eps, eps, tf.constant(1)).numpy()
+
+
 def pgd_attack(model: keras.Model, x, y, config: PGDConfig = PGDConfig(), *, seed: int = 0,
                jit_compile: bool | None = None, on_restart=None) -> tuple[np.ndarray, np.ndarray]:
     """Attack one batch: returns (x_adv, fooled) where fooled[i] says some restart changed the label.

@@ -11,19 +11,15 @@ from functools import partial
 
 import keras
 import numpy as np
-import tensorflow as tf
 from tabulate import tabulate
 
 from kafrob.attacks.common import (
     bad_gradients,
-    cross_entropy_each,
     input_gradients,
-    logits,
     predict,
     rises_with_eps,
-    signed_step,
 )
-from kafrob.attacks.pgd import PGDConfig, pgd_attack
+from kafrob.attacks.pgd import PGDConfig, fgsm, pgd_attack
 
 EPS_GRID = tuple(e / 255.0 for e in (0, 2, 4, 8, 16, 32))
 
@@ -37,14 +33,6 @@ class Check:
 
 def _robust(model, x, y, config: PGDConfig, seed: int) -> float:
     return float(np.mean(~pgd_attack(model, x, y, config, seed=seed)[1]))
-
-
-def fgsm(model: keras.Model, x, y, eps: float) -> np.ndarray:
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(cross_entropy_each(y, logits(model, x)))  # each image's own gradient (float16)
-    return signed_step(x, tape.gradient(loss, x), x, eps, eps).numpy()
 
 
 def sanity_checks(model: keras.Model, x: np.ndarray, y: np.ndarray, *, eps: float = 8 / 255,

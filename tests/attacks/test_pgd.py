@@ -112,3 +112,28 @@ def test_art_gets_each_images_own_gradient_for_the_cross_checks():
     assert np.all(art_classifier(model).loss_gradient(x, one_hot) == 0)
     per_example = art_classifier(model, per_example_gradients=True).loss_gradient(x, one_hot)
     assert np.any(own != 0) and np.allclose(per_example, own)
+
+
+def test_fgsm_is_pgds_one_step_from_the_clean_image_with_each_images_own_gradient(linear):
+    """The compiled FGSM equals the eager formula (the sign of each image's summed-loss gradient, step eps,
+    projected) bit for bit, and on a confident float16 classifier moves every image of a large batch by eps."""
+    import keras
+    import tensorflow as tf
+
+    from kafrob.attacks.common import cross_entropy_each, logits, signed_step
+    from kafrob.attacks.pgd import fgsm
+
+    x, eps = tf.constant(linear.x), 8 / 255
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(cross_entropy_each(linear.y, logits(linear.model, x)))
+    expected = signed_step(x, tape.gradient(loss, x), x, eps, eps).numpy()
+    assert np.array_equal(fgsm(linear.model, linear.x, linear.y, eps), expected)
+    assert np.mean(predict(linear.model, expected).numpy() != linear.y) > 0  # a real attack, not a no-op
+
+    kernel = np.zeros((8, 10), np.float32)
+    kernel[:, 0], kernel[0, 1:] = 2.2, 0.3 * np.arange(1, 10)  # class 0 ahead by 13.4 logits at x = 0.9
+    confident = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, dtype="mixed_float16", use_bias=False)])
+    confident.layers[0].kernel.assign(kernel)
+    x = np.full((1024, 8), 0.9, np.float32)
+    assert np.allclose(np.abs(fgsm(confident, x, np.zeros(1024), eps) - x), eps)

@@ -17,8 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kafrob.attacks.common import predict
-from kafrob.attacks.pgd import PGDConfig, pgd_attack
-from kafrob.attacks.sanity import fgsm
+from kafrob.attacks.pgd import PGDConfig, fgsm, pgd_attack
 from kafrob.data import load_cifar10, to_float
 from kafrob.evaluate import test_indices
 from kafrob.models import build_model
