@@ -60,19 +60,27 @@ def test_sanity_checks_pass_on_fbf_model(robust_model, cifar):
     assert all(c.passed for c in checks), format_checks(checks)
 
 
+def confident_float16_classifier():
+    """A float16 linear classifier on 8 features, class 0 ahead by 13.4 logits at x = 0.9: float16 holds its
+    per-example logit gradients (about 3e-6), not a 1,024-image batch mean of them."""
+    import keras
+
+    kernel = np.zeros((8, 10), np.float32)
+    kernel[:, 0], kernel[0, 1:] = 2.2, 0.3 * np.arange(1, 10)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, dtype="mixed_float16", use_bias=False)])
+    model.layers[0].kernel.assign(kernel)
+    return model
+
+
 def test_the_summed_loss_keeps_the_gradients_a_float16_network_rounds_away_under_the_mean():
     """A confident float16 classifier: the batch-mean loss scales each image's logit gradient (about 3e-6) by 1/1024,
     under float16's smallest step, so PGD does not move; the summed loss moves every image, exactly as it moves the
     image alone (each image's own gradient, whatever the batch)."""
-    import keras
     import tensorflow as tf
 
     from kafrob.attacks.pgd import Reduction, pgd_run
 
-    kernel = np.zeros((8, 10), np.float32)
-    kernel[:, 0], kernel[0, 1:] = 2.2, 0.3 * np.arange(1, 10)  # class 0 ahead by 13.4 logits at x = 0.9
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, dtype="mixed_float16", use_bias=False)])
-    model.layers[0].kernel.assign(kernel)
+    model = confident_float16_classifier()
     x = np.ones((1024, 8), np.float32) * 0.9
     y = np.zeros(1024, np.int32)
 
@@ -117,7 +125,6 @@ def test_art_gets_each_images_own_gradient_for_the_cross_checks():
 def test_fgsm_is_pgds_one_step_from_the_clean_image_with_each_images_own_gradient(linear):
     """The compiled FGSM equals the eager formula (the sign of each image's summed-loss gradient, step eps,
     projected) bit for bit, and on a confident float16 classifier moves every image of a large batch by eps."""
-    import keras
     import tensorflow as tf
 
     from kafrob.attacks.common import cross_entropy_each, logits, signed_step
@@ -131,9 +138,5 @@ def test_fgsm_is_pgds_one_step_from_the_clean_image_with_each_images_own_gradien
     assert np.array_equal(fgsm(linear.model, linear.x, linear.y, eps), expected)
     assert np.mean(predict(linear.model, expected).numpy() != linear.y) > 0  # a real attack, not a no-op
 
-    kernel = np.zeros((8, 10), np.float32)
-    kernel[:, 0], kernel[0, 1:] = 2.2, 0.3 * np.arange(1, 10)  # class 0 ahead by 13.4 logits at x = 0.9
-    confident = keras.Sequential([keras.Input((8,)), keras.layers.Dense(10, dtype="mixed_float16", use_bias=False)])
-    confident.layers[0].kernel.assign(kernel)
     x = np.full((1024, 8), 0.9, np.float32)
-    assert np.allclose(np.abs(fgsm(confident, x, np.zeros(1024), eps) - x), eps)
+    assert np.allclose(np.abs(fgsm(confident_float16_classifier(), x, np.zeros(1024), eps) - x), eps)
